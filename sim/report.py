@@ -294,32 +294,37 @@ def _plt():
 
 def plot_speedup(summary: dict, path: Path):
     plt = _plt()
+    from matplotlib.patches import Patch
     rows = summary["layers"]
     n = len(rows)
-    fig, ax = plt.subplots(figsize=(10, 0.28 * n + 1.8))
+    height = 0.28 * n + 2.4
+    fig, ax = plt.subplots(figsize=(10, height))
     y = list(range(n))[::-1]
-    colors = ["#1f77b4" if r["cycles_source"] == "rtl" else "#aec7e8" for r in rows]
+    colors = ["#1f77b4" if r["cycles_source"] == "rtl" else "#9ecae1" for r in rows]
     ax.barh(y, [r["speedup"] for r in rows], color=colors, height=0.7)
     ax.scatter([r["speedup_bound"] for r in rows], y, marker="D", color="#d62728", s=22,
-               zorder=3, label="bandwidth bound 8 / bits-per-weight")
+               zorder=3)
     for yi, r in zip(y, rows):
-        ax.text(r["speedup"], yi, f" {r['speedup']:.2f}", va="center", fontsize=7)
+        ax.text(r["speedup"] * 0.985, yi, f"{r['speedup']:.2f}", va="center", ha="right",
+                fontsize=7, color="black")
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['name']}  ({r['rows']}x{r['cols']})" for r in rows], fontsize=7)
     ax.axvline(1.0, color="k", lw=0.8)
-    ax.axvline(summary["speedup"], color="#1f77b4", ls="--", lw=1,
-               label=f"whole model {summary['speedup']:.2f}x")
-    from matplotlib.patches import Patch
-    handles, _ = ax.get_legend_handles_labels()
-    handles += [Patch(color="#1f77b4", label="speedup, RTL cycles"),
-                Patch(color="#aec7e8", label="speedup, cost-model cycles")]
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.axvline(summary["speedup"], color="#08306b", ls="--", lw=1)
+    handles = [Patch(color="#1f77b4", label="speedup from RTL cycles"),
+               Patch(color="#9ecae1", label="speedup from cost-model cycles"),
+               plt.Line2D([], [], color="#d62728", marker="D", ls="none",
+                          label="bound 8 / bits-per-weight"),
+               plt.Line2D([], [], color="#08306b", ls="--",
+                          label=f"whole model {summary['speedup']:.2f}x")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     ax.set_xlabel(f"speedup over {BASELINE} (baseline cycles / {summary['method']} cycles)")
-    ax.set_title(f"{summary['method']} vs {BASELINE}: per-layer speedup and bound")
+    ax.set_title(f"{summary['method']} vs {BASELINE}: per-layer speedup and bandwidth bound")
     ax.set_xlim(0, max(max(r["speedup_bound"] for r in rows),
-                       max(r["speedup"] for r in rows)) * 1.12)
+                       max(r["speedup"] for r in rows), 1.0) * 1.08)
     ax.set_ylim(-0.7, n - 0.3)
-    fig.tight_layout()
+    ax.grid(True, axis="x", lw=0.3, alpha=0.6)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -406,6 +411,12 @@ def plot_cycles(summary: dict, path: Path) -> bool:
     ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="y = x")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    fmt = FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xlabel("cost-model cycles (sim.golden.timing)")

@@ -89,8 +89,12 @@ class StreamDriver:
         rng, p, period = self.rng, self.stall_prob, self.period
         presenting = False          # valid is high with beat self._pos
         valid_high = False
+        finished = False            # last beat accepted: set the Event after the edge
         await edge
         while True:
+            if finished:
+                finished = False
+                self._done.set()
             # ---- right after the edge: what to present in this cycle
             if not presenting:
                 if self._pos < len(self._beats):
@@ -119,7 +123,7 @@ class StreamDriver:
                         lay["accepted"] = self._pos
                         presenting = False
                         if self._pos == len(self._beats):
-                            self._done.set()
+                            finished = True
                     else:
                         self.layer["idle_ready"].append(get_sim_time() // period)
             await edge

@@ -1,0 +1,84 @@
+"""Output-stream monitor: drives ``<prefix>__ready`` with seeded random
+back-pressure and records every accepted beat.
+
+Same timing convention as driver.py: ready is updated right after a rising
+edge; valid/payload are sampled in the ReadOnly phase of that time step, and
+``valid & ready`` there is a transfer at the next edge, on cycle
+``sim_time // period``. The payload is only read when valid is high (memory
+read data in the RTL has no reset value, so an idle payload may be X).
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ReadOnly, RisingEdge
+
+
+def resolve(value) -> int | str:
+    """LogicArray -> int, or its binary string when it holds X/Z bits."""
+    try:
+        return value.to_unsigned()
+    except (ValueError, AttributeError):
+        return str(value)
+
+
+class StreamMonitor:
+    """Accepts beats from ``<prefix>__payload/valid`` and calls
+    ``callback(value, cycle)`` for each (value: int, or a bit string with X/Z).
+
+    ``ready`` is low in a cycle with probability ``stall_prob``. While
+    ``watch`` is set, cycles with valid high and ready low are listed in
+    ``stalled`` (the output half of the RTL's cnt_stall definition).
+    """
+
+    def __init__(self, dut, prefix: str = "o_stream", rng: random.Random | None = None,
+                 stall_prob: float = 0.0, period_steps: int = 1,
+                 callback: Callable[[int | str, int], None] | None = None, clk=None):
+        self.clk = clk if clk is not None else dut.clk
+        self.payload = getattr(dut, f"{prefix}__payload")
+        self.valid = getattr(dut, f"{prefix}__valid")
+        self.ready = getattr(dut, f"{prefix}__ready")
+        self.rng = rng or random.Random(1)
+        self.stall_prob = float(stall_prob)
+        self.period = int(period_steps)
+        self.callback = callback
+        self.beats: list[tuple[int | str, int]] = []     # (value, cycle) of every beat
+        self.stalled: list[int] = []
+        self.watch = False
+        self._task = None
+
+    def start(self):
+        import cocotb
+        self.ready.value = 0
+        self._task = cocotb.start_soon(self._run())
+        return self._task
+
+    def stop(self):
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self):
+        edge, ro = RisingEdge(self.clk), ReadOnly()
+        valid, payload, ready = self.valid, self.payload, self.ready
+        rng, p, period = self.rng, self.stall_prob, self.period
+        beats, stalled = self.beats, self.stalled
+        ready_high = False
+        await edge
+        while True:
+            r = not (p > 0.0 and rng.random() < p)
+            if r != ready_high:
+                ready.value = 1 if r else 0
+                ready_high = r
+            await ro
+            if str(valid.value) == "1":
+                if r:
+                    beat = (resolve(payload.value), get_sim_time() // period)
+                    beats.append(beat)
+                    if self.callback is not None:
+                        self.callback(*beat)
+                elif self.watch:
+                    stalled.append(get_sim_time() // period)
+            await edge
