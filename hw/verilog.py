@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,9 +18,37 @@ TOP = "ssvq_accel"
 LINT_WAIVERS = {
     "UNUSEDSIGNAL": "the header and requantization records carry reserved bits the datapath ignores",
     "DECLFILENAME": "one generated file holds all Amaranth submodules",
+    "PROCASSINIT": "Amaranth declares each register with its reset value as initializer and "
+                   "also resets it synchronously",
+    "WIDTHEXPAND": "yosys's Verilog backend leaves operand extension implicit in compares "
+                   "(`q_cnt == groups - 1`); Amaranth has already fixed every width",
+    "WIDTHTRUNC": "yosys writes `mode == 0` as `!mode` on a multi-bit signal",
     "CASEINCOMPLETE": "Amaranth emits `casez` without default where unlisted values keep "
                       "the previous assignment (its semantics, not a missing case)",
 }
+
+
+_MEM_INIT = re.compile(r"^  initial begin\n((?:    \w+\[\d+\] = \d+'h[0-9a-fA-F]+;\n)+)  end\n",
+                       re.MULTILINE)
+
+
+def strip_memory_init(text: str) -> tuple[str, int]:
+    """Removes the all-zero `initial` blocks Amaranth writes for every memory.
+
+    All three memories are loaded from the input stream at run time and never
+    read before they are written, so their power-up contents are irrelevant; an
+    inline block would add one line per word (thousands) to the Verilog.
+    """
+    removed = 0
+
+    def drop(match):
+        nonlocal removed
+        values = re.findall(r"'h([0-9a-fA-F]+);", match.group(1))
+        if any(int(v, 16) for v in values):
+            return match.group(0)      # a real initial value: keep it
+        removed += 1
+        return ""
+    return _MEM_INIT.sub(drop, text), removed
 
 
 def generate(cfg: AccelConfig, out_dir) -> Path:
@@ -28,7 +57,7 @@ def generate(cfg: AccelConfig, out_dir) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(Accelerator(cfg), name=TOP, emit_src=False)
+    text, _ = strip_memory_init(verilog.convert(Accelerator(cfg), name=TOP, emit_src=False))
     tmp = out / f".{TOP}.v.tmp"
     tmp.write_text(text)
     os.replace(tmp, out / f"{TOP}.v")

@@ -53,6 +53,7 @@ class StreamDriver:
         self._wait = 0
         self._done: Event | None = None
         self.watch = False
+        self.on_first = None        # callback(cycle) when a layer's first beat is accepted
         self.layer: dict = {}
         self._task = None
 
@@ -118,6 +119,8 @@ class StreamDriver:
                         if self._pos == 0:
                             lay["first_cycle"] = cyc
                             self.watch = True
+                            if self.on_first is not None:
+                                self.on_first(cyc)
                         lay["last_cycle"] = cyc
                         self._pos += 1
                         lay["accepted"] = self._pos

