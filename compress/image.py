@@ -456,25 +456,38 @@ def read_images(root: str | os.PathLike) -> ImageSet:
         raise ImageError(f"{mpath}: expected JSON, found a parse error ({e})") from None
     _expect(isinstance(m, dict) and m.get("format") == FORMAT_NAME, str(mpath), "format",
             FORMAT_NAME, m.get("format") if isinstance(m, dict) else type(m).__name__)
-    _expect(m.get("version") == FORMAT_VERSION, str(mpath), "version", FORMAT_VERSION,
-            m.get("version"))
+    _expect(type(m.get("version")) is int and m["version"] == FORMAT_VERSION, str(mpath),
+            "version", FORMAT_VERSION, m.get("version"))
+    conf = m.get("config")
+    required = set(AccelConfig().to_dict())
+    _expect(isinstance(conf, dict) and required <= set(conf), str(mpath), "config",
+            f"all of {sorted(required)}", sorted(conf) if isinstance(conf, dict) else conf)
     try:
-        cfg = AccelConfig.from_dict(m.get("config") or {}, f"{mpath}: config")
+        cfg = AccelConfig.from_dict(conf, f"{mpath}: config")
     except ConfigError as e:
         raise ImageError(str(e)) from None
     layers = m.get("layers")
     _expect(isinstance(layers, list) and layers, str(mpath), "layers", "a non-empty list", layers)
+    names = [e.get("name") for e in layers if isinstance(e, dict)]
+    dup = sorted({n for n in names if names.count(n) > 1}, key=str)
+    _expect(not dup, str(mpath), "layers[].name", "unique names", f"duplicates {dup}")
     for i, e in enumerate(layers):
         for key, typ in (("name", str), ("mode", str), ("rows", int), ("cols", int),
                          ("dir", str), ("beats", int), ("sections", dict), ("files", dict)):
-            _expect(isinstance(e.get(key), typ), str(mpath), f"layers[{i}].{key}",
-                    typ.__name__, repr(e.get(key)))
+            _expect(isinstance(e, dict) and type(e.get(key)) is typ, str(mpath),
+                    f"layers[{i}].{key}", typ.__name__, repr(e.get(key) if isinstance(e, dict) else e))
         _expect(e["mode"] in MODES, str(mpath), f"layers[{i}].mode", MODES, e["mode"])
         _expect(".." not in Path(e["dir"]).parts and not Path(e["dir"]).is_absolute(),
                 str(mpath), f"layers[{i}].dir", "a relative path inside the image", e["dir"])
         for fn in LAYER_FILES:
-            _expect(fn in e["files"], str(mpath), f"layers[{i}].files", f"an entry for {fn}",
-                    sorted(e["files"]))
+            f = e["files"].get(fn)
+            _expect(isinstance(f, dict) and isinstance(f.get("sha256"), str)
+                    and type(f.get("bytes")) is int, str(mpath), f"layers[{i}].files.{fn}",
+                    "{sha256: str, bytes: int}", f)
+        for s in SECTIONS:
+            v = e["sections"].get(s)
+            _expect(isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v),
+                    str(mpath), f"layers[{i}].sections.{s}", "[first_beat, count]", v)
         try:
             cfg.check_shape(e["rows"], e["cols"], f"{mpath}: layers[{i}]")
         except ConfigError as err:

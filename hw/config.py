@@ -160,12 +160,15 @@ class AccelConfig:
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "AccelConfig":
         known = {"k", "d", "cw", "mults", "bus", "max_rows", "max_cols"}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected an object of config fields, found {type(d).__name__}")
         unknown = set(d) - known - {"lanes"}
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
+        for k, v in d.items():
+            if type(v) is not int:
+                raise ConfigError(f"{where}: {k}: expected an integer, found {v!r}")
         try:
-            return cls(**{k: int(v) for k, v in d.items() if k in known})
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise ConfigError(f"{where}: {e}") from None
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None

@@ -31,8 +31,7 @@ TOP = "ssvq_accel"
 TEST_MODULE = "sim.tb.test_accel"
 # bump when the build recipe changes, so cached builds are redone
 BUILD_RECIPE = 1
-VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
-                  "--x-assign", "unique", "--x-initial", "unique"]
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
 MAX_BUILD_JOBS = int(os.environ.get("SSVQ_BUILD_JOBS", "2"))
 
 

@@ -302,18 +302,20 @@ def test_report_not_bit_exact_fails(tmp_path):
     assert "VERIFICATION FAILED" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("counter", ["codes", "signs", "params", "acts", "codebook", "out",
-                                     "header", "cycles"])
-def test_report_counter_mismatch_fails(tmp_path, counter):
-    from sim.report import report_cmd
-
+def _bad_counter(counter, layer=2):
     def bad(i, r):
-        if i == 2:
+        if i == layer:
             r["counters_rtl"][counter] += 1
             if counter == "cycles":
                 r["cycles_rtl"] += 1
+    return bad
+
+
+@pytest.mark.parametrize("counter", ["codes", "cycles"])
+def test_report_counter_mismatch_fails(tmp_path, counter):
+    from sim.report import report_cmd
     cfg, imgs = _make_images(tmp_path)
-    sim = _write_results(tmp_path, imgs["ssvq"], cfg, "ssvq", tweak=bad)
+    sim = _write_results(tmp_path, imgs["ssvq"], cfg, "ssvq", tweak=_bad_counter(counter))
     out = tmp_path / "rep"
     assert report_cmd(_args(imgs["ssvq"], out, sim=sim)) == 1
     s = json.loads((out / "summary.json").read_text())
@@ -322,6 +324,20 @@ def test_report_counter_mismatch_fails(tmp_path, counter):
     assert "blk.0.ffn.down" in s["mismatches"][0] and counter in s["mismatches"][0]
     assert s["layers"][2]["model_matches_rtl"] is False
     assert s["layers"][0]["model_matches_rtl"] is True
+    assert "MISMATCH" in (out / "report.md").read_text()
+
+
+def test_every_counter_is_cross_checked(tmp_path):
+    from sim.report import build_summary
+    cfg, imgs = _make_images(tmp_path)
+    for counter in ("header", "codebook", "params", "acts", "codes", "signs", "weights", "out",
+                    "cycles"):
+        sim = _write_results(tmp_path / counter, imgs["ssvq"], cfg, "ssvq",
+                             tweak=_bad_counter(counter, layer=1))
+        s = build_summary(imgs["ssvq"], sim_dir=sim)
+        assert not s["passed"] and s["model_matches_rtl"] is False, counter
+        assert len(s["mismatches"]) == 1 and counter in s["mismatches"][0], counter
+        assert "blk.0.ffn.up" in s["mismatches"][0]
 
 
 def test_report_baseline_mismatch_fails(tmp_path):

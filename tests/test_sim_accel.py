@@ -1,0 +1,216 @@
+"""RTL vs golden model in cocotb (sim.runner), on small random layers.
+
+Every (simulator, config) pair is one build (cached under build/sim, keyed by
+the config and the Verilog text); Verilator builds are slow, so Verilator
+covers two configs and Icarus all of them. Tests are independent and
+parametrized, so `pytest -n 2` spreads them (builds are file-locked).
+
+    .venv/bin/python -m pytest tests/test_sim_accel.py -n 2
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.image import LayerImage, write_images
+from hw.config import AccelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_ROOT = REPO / "build" / "sim"
+
+# name -> config; max_rows/max_cols small to keep the builds quick
+CONFIGS = {
+    "k16d1": AccelConfig(k=16, d=1, mults=8, max_rows=256, max_cols=256),
+    "k256d8": AccelConfig(k=256, d=8, mults=32, max_rows=256, max_cols=256),
+    "k4096d16": AccelConfig(k=4096, d=16, mults=32, max_rows=256, max_cols=256),
+    "k16d4b128": AccelConfig(k=16, d=4, mults=16, bus=128, max_rows=256, max_cols=256),
+    "k4096d8": AccelConfig(k=4096, d=8, mults=16, max_rows=256, max_cols=256),
+}
+VERILATOR_CONFIGS = ("k256d8", "k16d1")
+CASES = ([("icarus", c) for c in CONFIGS]
+         + [("verilator", c) for c in VERILATOR_CONFIGS])
+
+# (mode, rows, cols): odd shapes (not multiples of lanes, d, mults or beats)
+SHAPES = [("int8", 13, 37), ("vq", 1, 1), ("ssvq", 9, 70), ("ssvq", 13, 37),
+          ("vq", 40, 100), ("int8", 1, 1)]
+STALL_SHAPES = [("ssvq", 13, 37), ("int8", 9, 70), ("vq", 24, 51)]
+
+
+# ---------------------------------------------------------------- random layers
+def random_layer(cfg: AccelConfig, mode: str, rows: int, cols: int, rng: np.random.Generator,
+                 name: str, extremes: bool = False) -> LayerImage:
+    act = rng.integers(-128, 128, cols)
+    img = LayerImage(name=name, mode=mode, rows=rows, cols=cols, bias=None, mult=None,
+                     shift=None, act=act.astype(np.int8))
+    v = -(-cols // cfg.d)
+    if mode == "int8":
+        img.weights = rng.integers(-128, 128, (rows, cols)).astype(np.int8)
+    else:
+        if mode == "ssvq":
+            img.codebook = rng.integers(0, 256, (cfg.k, cfg.d)).astype(np.uint8)
+            img.signs = rng.integers(0, 2, (rows, cols)).astype(np.uint8)
+        else:
+            img.codebook = rng.integers(-128, 128, (cfg.k, cfg.d)).astype(np.int8)
+        img.codes = rng.integers(0, cfg.k, (rows, v)).astype(np.int32)
+    acc = img.weight_matrix() @ act.astype(np.int64)
+    bias = rng.integers(-(1 << 12), 1 << 12, rows)
+    mult = rng.integers(1, 1 << 16, rows)
+    # shift so that outputs land mostly inside int8 with some saturation
+    mag = np.maximum(np.abs(acc + bias) * mult, 1)
+    shift = np.clip(np.ceil(np.log2(mag)).astype(np.int64) - 6 + rng.integers(-2, 2, rows), 1, 63)
+    if extremes:
+        # requantization corners: full-range bias/mult, shift 1 and 63, zero mult
+        k = rows
+        bias[: k // 4] = rng.choice([-(1 << 31), (1 << 31) - 1, 0, -1], k // 4)
+        mult[k // 4: k // 2] = rng.choice([0, 1, (1 << 16) - 1], k // 2 - k // 4)
+        shift[k // 2: 3 * k // 4] = rng.choice([1, 2, 62, 63], 3 * k // 4 - k // 2)
+    img.bias = bias.astype(np.int32)
+    img.mult = mult.astype(np.uint16)
+    img.shift = shift.astype(np.uint8)
+    return img
+
+
+def make_images(tmp: Path, cfg: AccelConfig, shapes, seed: int, extremes=False) -> Path:
+    rng = np.random.default_rng(seed)
+    layers = [random_layer(cfg, m, r, c, rng, f"l{i}_{m}_{r}x{c}", extremes)
+              for i, (m, r, c) in enumerate(shapes)]
+    return write_images(tmp / "images", cfg, layers)
+
+
+def _check(summary: dict, expect_timing: bool):
+    bad = [l for l in summary["layers"] if not l["passed"]]
+    assert not bad, "\n".join(
+        f"{l['name']}: {l['error'] or ''} {json.dumps({k: l[k] for k in ('counters_rtl', 'counters_model', 'out_cycles_match', 'counters_match', 'bit_exact')})}"
+        for l in bad)
+    for l in summary["layers"]:
+        assert l["bit_exact"]
+        assert l["timing_checked"] is expect_timing
+        if expect_timing:
+            assert l["out_cycles_match"] and l["counters_match"]
+            assert l["cycles_rtl"] == l["cycles_model"]
+
+
+def _simulate(images: Path, simulator: str, out: Path, **kw):
+    from sim.runner import simulate_images
+    return simulate_images(images, None, simulator, out_dir=out, build_root=BUILD_ROOT,
+                           progress=None, **kw)
+
+
+# ------------------------------------------------------------------- RTL tests
+@pytest.mark.parametrize("simulator,config", CASES, ids=[f"{s}-{c}" for s, c in CASES])
+def test_modes_and_shapes(tmp_path, simulator, config):
+    """All modes, odd shapes and a max-size layer, back to back in one run
+    (counters must clear at each header), no stalls: bit-exact, and every
+    output beat's cycle and every counter equal to the golden timing."""
+    cfg = CONFIGS[config]
+    shapes = SHAPES + [("ssvq", cfg.max_rows, cfg.max_cols)]
+    images = make_images(tmp_path, cfg, shapes, seed=zlib.crc32(config.encode()))
+    summary = _simulate(images, simulator, tmp_path / "out", seed=3)
+    _check(summary, expect_timing=True)
+    for l in summary["layers"]:
+        res = json.loads((tmp_path / "out" / l["dir"] / "result.json").read_text())
+        y = np.load(tmp_path / "out" / l["dir"] / "outputs.npy")
+        assert y.dtype == np.int8 and len(y) == res["rows"]
+
+
+@pytest.mark.parametrize("simulator,config", CASES, ids=[f"{s}-{c}" for s, c in CASES])
+def test_random_stalls(tmp_path, simulator, config):
+    """Random gaps on the input and back-pressure on the output (fixed seed),
+    plus memory latency: still bit-exact, beat counters exact, cnt_stall > 0."""
+    cfg = CONFIGS[config]
+    images = make_images(tmp_path, cfg, STALL_SHAPES, seed=7)
+    summary = _simulate(images, simulator, tmp_path / "out", seed=11, stall_prob=0.3,
+                        latency=5)
+    _check(summary, expect_timing=False)
+    for l in summary["layers"]:
+        assert l["counters_rtl"]["stall"] > 0
+        assert l["cycles_rtl"] > l["cycles_model"]
+
+
+@pytest.mark.parametrize("simulator,config", [("icarus", "k256d8"), ("icarus", "k16d4b128")])
+def test_latency_keeps_timing(tmp_path, simulator, config):
+    """Memory latency only delays the header: timing relative to it stays exact."""
+    cfg = CONFIGS[config]
+    images = make_images(tmp_path, cfg, [("vq", 5, 33), ("int8", 17, 20)], seed=5)
+    summary = _simulate(images, simulator, tmp_path / "out", seed=2, latency=9)
+    _check(summary, expect_timing=True)
+
+
+@pytest.mark.parametrize("simulator,config", [("icarus", "k256d8")])
+def test_requant_extremes(tmp_path, simulator, config):
+    """Full-range bias, mult 0 / 65535, shift 1 / 63: saturation and rounding."""
+    cfg = CONFIGS[config]
+    images = make_images(tmp_path, cfg, [("int8", 32, 40), ("ssvq", 32, 64)], seed=13,
+                         extremes=True)
+    summary = _simulate(images, simulator, tmp_path / "out", seed=4)
+    _check(summary, expect_timing=True)
+
+
+# --------------------------------------------------------- corrupted images CLI
+def _corrupt_byte(path: Path):
+    """Changes one byte in the middle of the file (a hex digit stays a hex digit)."""
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2
+    if path.suffix == ".hex":
+        while chr(data[i]) not in "0123456789abcdef":
+            i += 1
+        data[i] = ord("1") if chr(data[i]) != "1" else ord("2")
+    else:
+        data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 8])
+
+
+def _edit_rows(manifest: Path):
+    m = json.loads(manifest.read_text())
+    m["layers"][0]["rows"] += 1
+    manifest.write_text(json.dumps(m, indent=1))
+
+
+CORRUPTIONS = {
+    "stream.bin byte": (lambda d: _corrupt_byte(d / "stream.bin"), "stream.bin"),
+    "stream.hex byte": (lambda d: _corrupt_byte(d / "stream.hex"), "stream.hex"),
+    "arrays.npz byte": (lambda d: _corrupt_byte(d / "arrays.npz"), "arrays.npz"),
+    "stream.bin truncated": (lambda d: _truncate(d / "stream.bin"), "stream.bin"),
+    "manifest rows": (lambda d: _edit_rows(d.parents[1] / "manifest.json"), "manifest.json"),
+}
+
+
+@pytest.mark.parametrize("what", list(CORRUPTIONS))
+def test_corrupted_image_rejected(tmp_path, what):
+    cfg = CONFIGS["k16d4b128"]
+    images = make_images(tmp_path, cfg, [("ssvq", 5, 9)], seed=1)
+    layer_dir = next((images / "layers").iterdir())
+    corrupt, names = CORRUPTIONS[what]
+    corrupt(layer_dir)
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "ssvq.cli", "sim", "--images", str(images),
+                        "--simulator", "icarus", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert names in p.stderr, p.stderr
+    if what == "manifest rows":
+        assert "rows" in p.stderr or "sections" in p.stderr, p.stderr
+    assert not list(out.rglob("result.json")) and not (out / "sim_summary.json").exists()
+
+
+def test_unknown_layer_rejected(tmp_path):
+    images = make_images(tmp_path, CONFIGS["k16d4b128"], [("vq", 3, 5)], seed=1)
+    p = subprocess.run([sys.executable, "-m", "ssvq.cli", "sim", "--images", str(images),
+                        "--layers", "nope", "--simulator", "icarus", "--out",
+                        str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 2 and "nope" in p.stderr, p.stderr
+    assert not (tmp_path / "out" / "sim_summary.json").exists()
