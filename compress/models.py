@@ -108,13 +108,18 @@ def _hook_capture(module: nn.Module, linear: dict[str, nn.Module], run: Callable
         return hook
 
     handles = [mod.register_forward_hook(make(n)) for n, mod in linear.items()]
+    threads = torch.get_num_threads()
+    was_training = module.training
     try:
-        was_training = module.training
+        # the forwards are tiny (one sentence at a time): one thread is as fast
+        # and does not collapse when the machine is shared
+        torch.set_num_threads(1)
         module.eval()
         with torch.no_grad():
             run()
-        module.train(was_training)
     finally:
+        module.train(was_training)
+        torch.set_num_threads(threads)
         for h in handles:
             h.remove()
     return {n: np.ascontiguousarray(np.concatenate(v), dtype=np.float32) for n, v in got.items()}

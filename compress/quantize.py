@@ -16,21 +16,30 @@ it is folded into the row's requantization multiplier):
   to 0..255 (cb_scale = max codeword / 255) and every weight keeps its own sign
   bit (1 = negative; padded columns 0), so signs are exact.
 
+If some D-vectors are all zero (zero rows, pruned weights) codeword 0 is
+reserved as an exact zero and k-means fits the other K-1 to the rest.
 For vq and ssvq, after every vector is assigned to its nearest *quantized*
 codeword, the per-row scale is refit by least squares
 (row_scale = <w_r, q_r> / (cb_scale * <q_r, q_r>)); it costs nothing in the
 stream because it lives in the multiplier.
 
 Requantization (the formula sim/golden.py:requantize implements):
-act_scale = max|calib_x| / 127 and the int8 input is clip(round(x / act_scale));
-out_scale = max|y| / 127 over the calibration set, y being the output of the
-compressed layer (int8-quantized input, dequantized weights, integer bias);
+act_scale = p99.9(|calib_x|) / 127 and the int8 input is clip(round(x / act_scale));
+out_scale = p99.9(|y|) / 127 over the calibration set, y being the output of the
+compressed layer (int8-quantized input, dequantized weights, integer bias).
+The 99.9th percentile rather than the maximum because transformer activations
+carry a few outlier channels: scaling by the maximum leaves most int8 values at
+0 (seen on MiniLM: 98% zero outputs in a layer); the outliers saturate instead.
+The activation streamed with the layer is the calibration token of median norm,
+a typical input rather than the [CLS] token.
 the real multiplier row_scale*cb_scale*act_scale/out_scale is mult * 2**-shift
 with mult a uint16 normalised into [2**15, 2**16) and shift in 1..63 (tiny
 multipliers use shift 63 and a smaller mult; huge ones saturate at 65535, 1);
 bias_int = round(b / (row_scale*cb_scale*act_scale)) clipped to int32.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -40,14 +49,28 @@ from hw.config import MODES, AccelConfig
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 ROW_SCALE_BITS = 16     # counted per row in bits_per_weight (folded into mult in the stream)
+CLIP_PERCENTILE = 99.9  # activation and output scales; see the module docstring
 
 
 # ------------------------------------------------------------------ k-means
-def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+@contextlib.contextmanager
+def _faiss_single_thread():
+    """Layers are small (<0.5 s of k-means each); one OpenMP thread avoids the
+    spin-wait collapse OpenMP suffers on a shared, oversubscribed machine."""
     import faiss
-    index = faiss.IndexFlatL2(c.shape[1])
-    index.add(np.ascontiguousarray(c, np.float32))
-    _, idx = index.search(np.ascontiguousarray(x, np.float32), 1)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield faiss
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    with _faiss_single_thread() as faiss:
+        index = faiss.IndexFlatL2(c.shape[1])
+        index.add(np.ascontiguousarray(c, np.float32))
+        _, idx = index.search(np.ascontiguousarray(x, np.float32), 1)
     return idx[:, 0].astype(np.int64)
 
 
@@ -68,12 +91,12 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 25) -> tuple[np.ndarra
         cent = np.concatenate([uniq, np.repeat(uniq[:1], k - len(uniq), axis=0)])
         cent = np.ascontiguousarray(cent, np.float32)
         return cent, _nearest(x, cent)
-    import faiss
-    km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) & 0x7FFFFFFF,
-                      max_points_per_centroid=max(256, -(-n // k) + 1),
-                      min_points_per_centroid=1, verbose=False,
-                      init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
-    km.train(x)
+    with _faiss_single_thread() as faiss:
+        km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) & 0x7FFFFFFF,
+                          max_points_per_centroid=max(256, -(-n // k) + 1),
+                          min_points_per_centroid=1, verbose=False,
+                          init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
+        km.train(x)
     cent = np.ascontiguousarray(km.centroids, np.float32).reshape(k, d)
     return cent, _nearest(x, cent)
 
@@ -127,7 +150,7 @@ def quantize_act(x: np.ndarray, act_scale: float) -> np.ndarray:
 
 # ------------------------------------------------------------------ weights
 def _quant_int8(w: np.ndarray):
-    row_scale = _safe_scale(np.abs(w).max(axis=1) / 127.0)
+    row_scale = _safe_scale(np.abs(w).max(axis=1).astype(np.float64) / 127.0)
     q = np.clip(np.rint(w / row_scale[:, None]), -127, 127).astype(np.int8)
     return {"weights": q}, row_scale, 1.0
 
@@ -143,7 +166,12 @@ def _quant_vq(w: np.ndarray, method: str, cfg: AccelConfig, seed: int):
     signed = method == "vq"
     if not signed:
         vecs = np.abs(vecs)
-    cent, _ = kmeans(vecs, k, seed)
+    zero = ~vecs.any(axis=1)
+    if zero.any() and not zero.all():
+        # all-zero vectors (zero rows, pruned weights) get an exact zero codeword
+        cent = np.concatenate([np.zeros((1, d), np.float32), kmeans(vecs[~zero], k - 1, seed)[0]])
+    else:
+        cent, _ = kmeans(vecs, k, seed)
     top = float(np.abs(cent).max())
     qmax = 127 if signed else 255
     cb_scale = top / qmax if top > 0 else 1.0
@@ -191,10 +219,11 @@ def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: n
     else:
         fields, row_scale, cb_scale = _quant_vq(w, method, cfg, seed)
 
-    amax = float(np.abs(x).max())
+    amax = float(np.percentile(np.abs(x), CLIP_PERCENTILE))
     act_scale = amax / 127.0 if amax > 0 else 1.0
+    typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
     img = LayerImage(name=name, mode=method, rows=rows, cols=cols, bias=None, mult=None,
-                     shift=None, act=quantize_act(x[0], act_scale), **fields)
+                     shift=None, act=quantize_act(x[typical], act_scale), **fields)
     img.scales = {"row_scale": row_scale, "cb_scale": cb_scale, "act_scale": act_scale}
     # output scale from the compressed layer's own output on the calibration set
     unit = row_scale * cb_scale * act_scale
@@ -202,7 +231,7 @@ def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: n
     wdeq = torch.from_numpy(dequantize(img).astype(np.float32))
     xq = torch.from_numpy(quantize_act(x, act_scale).astype(np.float32) * np.float32(act_scale))
     y = (xq @ wdeq.T).numpy().astype(np.float64) + bias_int.astype(np.float64) * unit
-    ymax = float(np.abs(y).max())
+    ymax = float(np.percentile(np.abs(y), CLIP_PERCENTILE))
     out_scale = ymax / 127.0 if ymax > 0 else 1.0
     img.bias, img.mult, img.shift = requantize_params(row_scale, cb_scale, act_scale,
                                                       out_scale, bias)

@@ -179,12 +179,13 @@ class Accelerator(wiring.Component):
                     m.d.sync += load_left.eq(load_left - 1)
                     with m.If(load_left == 1):
                         blocks = Signal(32)
+
+                        def ceil_blocks(name):
+                            n = geo[name].groups
+                            return (total_groups + n - 1) >> _log2(n)
                         m.d.comb += blocks.eq(Mux(
-                            mode == MODE_ID["int8"], total_groups >> _log2(geo["int8"].groups),
-                            Mux(mode == MODE_ID["vq"],
-                                (total_groups + geo["vq"].groups - 1) >> _log2(geo["vq"].groups),
-                                (total_groups + geo["ssvq"].groups - 1)
-                                >> _log2(geo["ssvq"].groups))))
+                            mode == MODE_ID["int8"], ceil_blocks("int8"),
+                            Mux(mode == MODE_ID["vq"], ceil_blocks("vq"), ceil_blocks("ssvq"))))
                         m.d.sync += [phase.eq(Phase.WEIGHTS),
                                      wbeats_left.eq(blocks * block_beats)]
             with m.Case(Phase.WEIGHTS):

@@ -86,6 +86,8 @@ def _check_result(r: dict, path: Path, lc: LayerCost) -> dict:
         fail.append(f"{where}: not bit exact (bit_exact={bit_exact!r})")
     if r.get("passed") is False:
         fail.append(f"{where}: the simulation did not pass (passed=false)")
+    if r.get("error"):
+        fail.append(f"{where}: simulation error: {str(r['error'])[:500]}")
     crtl = r.get("counters_rtl")
     cycles_rtl = stall = None
     cycles_compared = False

@@ -17,10 +17,7 @@ def sim_cmd(args) -> int:
         raise UserError(f"--stall-prob: expected a probability in [0, 1), found {args.stall_prob}")
     if args.latency < 0:
         raise UserError(f"--latency: expected a number of cycles >= 0, found {args.latency}")
-    images = Path(args.images)
-    if not images.is_dir():
-        raise UserError(f"--images {images}: expected an image folder, found "
-                        f"{'a file' if images.exists() else 'nothing'}")
+    images = Path(args.images)       # read_images raises ImageError if it holds no manifest
     t0 = time.perf_counter()
 
     def progress(msg):

@@ -32,6 +32,12 @@ TEST_MODULE = "sim.tb.test_accel"
 # bump when the build recipe changes, so cached builds are redone
 BUILD_RECIPE = 1
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
+# cocotb's runner compiles with -g2012, where Icarus 11 runs `reg x = 0;` declaration
+# initializers before time 0 without an event; Yosys' Verilog relies on that event
+# (the `if (\$auto$verilog_backend...dump_module$1) begin end` line in each
+# `always @*`) to evaluate combinational processes once at time 0, so e.g.
+# i_stream__ready stayed X forever. The later -g2005 wins and restores the event.
+ICARUS_ARGS = ["-g2005"]
 MAX_BUILD_JOBS = int(os.environ.get("SSVQ_BUILD_JOBS", "2"))
 
 
@@ -105,7 +111,7 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             shutil.copyfile(verilog, vfile)
             gen_s = 0.0
         text = vfile.read_text()
-        extra = VERILATOR_ARGS if simulator == "verilator" else []
+        extra = VERILATOR_ARGS if simulator == "verilator" else ICARUS_ARGS
         key = hashlib.sha256(json.dumps(
             {"config": cfg.to_dict(), "simulator": simulator, "recipe": BUILD_RECIPE,
              "args": extra}, sort_keys=True).encode() + text.encode()).hexdigest()[:12]
@@ -152,14 +158,18 @@ def build_info(bdir: Path) -> dict:
 # ------------------------------------------------------------------------- run
 def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
             stall_prob: float = 0.0, latency: int = 0, out_dir="build/sim/job",
-            build_dir=None, build_root="build/sim", progress=None) -> list[dict]:
+            build_dir=None, build_root="build/sim", progress=None,
+            overlap: bool = False) -> list[dict]:
     """Runs `layers` back to back in one simulator process.
 
     Each layer dict: name, mode, rows, cols, beats (path .npy/.hex), expected
     (path of golden int8 outputs .npy), out_cycles, counters (golden, no
     stalls), out_dir (where result.json and outputs.npy go; default
-    out_dir/<index>_<name>). Returns the result dicts in layer order; a layer
-    the simulator left no result for gets one with passed False."""
+    out_dir/<index>_<name>). With `overlap`, each layer's stream is queued right
+    behind the previous one's (its header waits while the previous layer
+    computes); otherwise a layer starts once the previous one is done.
+    Returns the result dicts in layer order; a layer the simulator left no
+    result for gets one with passed False."""
     if not 0.0 <= stall_prob < 1.0:
         raise ValueError(f"stall_prob must be in [0, 1), found {stall_prob}")
     if latency < 0:
@@ -179,7 +189,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         Path(lay["out_dir"], "outputs.npy").unlink(missing_ok=True)
         job_layers.append(lay)
     job = {"config": cfg.to_dict(), "simulator": simulator, "seed": int(seed),
-           "stall_prob": float(stall_prob), "latency": int(latency), "layers": job_layers}
+           "stall_prob": float(stall_prob), "latency": int(latency), "overlap": bool(overlap),
+           "layers": job_layers}
     job_file = out_dir / "job.json"
     job_file.write_text(json.dumps(job, indent=1))
     runner = _runner(simulator)
@@ -188,7 +199,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
     t = time.perf_counter()
     sim_error = None
     try:
-        runner.test(test_module=TEST_MODULE, hdl_toplevel=TOP, build_dir=bdir / "obj",
+        runner.test(test_module=TEST_MODULE, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                    build_dir=bdir / "obj",
                     test_dir=out_dir, results_xml=str(results_xml), seed=int(seed),
                     extra_env={"SSVQ_TB_JOB": str(job_file)}, log_file=log,
                     timescale=("1ns", "1ps"))
@@ -248,7 +260,7 @@ def layer_dir_name(entry: dict) -> str:
 
 def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                     stall_prob=0.0, latency=0, out_dir="build/sim/out", progress=print,
-                    build_root="build/sim", prepared=None) -> dict:
+                    build_root="build/sim", prepared=None, overlap=False) -> dict:
     """Checks the images, computes golden results, builds the RTL, runs all
     requested layers in one simulator run, and writes
     out_dir/<layer dir>/result.json + outputs.npy and out_dir/sim_summary.json.
@@ -282,7 +294,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
              f"(seed {seed}, stall_prob {stall_prob}, latency {latency})")
     t1 = time.perf_counter()
     results = run_job(cfg, layers, simulator, seed, stall_prob, latency, job_dir,
-                      build_dir=bdir, progress=progress)
+                      build_dir=bdir, progress=progress, overlap=overlap)
     sim_s = time.perf_counter() - t1
     for r in results:
         status = "PASS" if r.get("passed") else "FAIL"
@@ -291,7 +303,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                  f"cycles rtl {r.get('cycles_rtl')} model {r.get('cycles_model')}{extra}")
     summary = {"images": str(Path(image_dir).resolve()), "config": cfg.to_dict(),
                "simulator": simulator, "seed": seed, "stall_prob": stall_prob,
-               "latency": latency, "build_dir": str(bdir), "build": binfo,
+               "latency": latency, "overlap": overlap, "build_dir": str(bdir), "build": binfo,
                "build_or_reuse_seconds": round(build_s, 2), "sim_seconds": round(sim_s, 2),
                "total_cycles_rtl": sum((r.get("cycles_rtl") or 0) for r in results),
                "total_cycles_model": total_cycles,

@@ -65,6 +65,9 @@ CASES = [
     (dict(k=256, d=8, mults=32), "ssvq", 11, 70),
     (dict(k=16, d=1, mults=8), "ssvq", 3, 5),
     (dict(k=4096, d=16, mults=32, max_rows=64, max_cols=64), "ssvq", 4, 33),
+    # int8 with two groups a block and a half-empty last block
+    (dict(k=16, d=4, mults=8, bus=128), "int8", 3, 5),
+    (dict(k=8, d=2, mults=8, bus=128), "vq", 7, 19),
 ]
 
 

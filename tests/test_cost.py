@@ -447,3 +447,21 @@ def test_report_minilm_shapes_default_config(tmp_path):
     assert s["speedup"] >= 3.0
     q = s["layers"][0]
     assert q["bits_per_weight"] == pytest.approx(2 + 16384 / 384 ** 2 + 16 / 384)
+
+
+def test_crashed_simulation_result_fails(tmp_path):
+    """A result the runner writes when the simulator produced nothing."""
+    from sim.report import build_summary
+
+    def crashed(i, r):
+        if i == 0:
+            for k in ("cycles_rtl", "cycles_model", "counters_rtl", "counters_model",
+                      "out_cycles_match", "counters_match", "timing_checked"):
+                r.pop(k)
+            r.update(passed=False, bit_exact=False, error="no result from the simulator")
+    cfg, imgs = _make_images(tmp_path)
+    sim = _write_results(tmp_path, imgs["ssvq"], cfg, "ssvq", tweak=crashed)
+    s = build_summary(imgs["ssvq"], sim_dir=sim)
+    assert not s["passed"] and s["all_bit_exact"] is False
+    assert any("no result from the simulator" in f for f in s["failures"])
+    assert s["layers"][0]["cycles_rtl"] is None and s["layers"][0]["cycles_source"] == "model"

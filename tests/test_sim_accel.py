@@ -143,6 +143,21 @@ def test_latency_keeps_timing(tmp_path, simulator, config):
     _check(summary, expect_timing=True)
 
 
+@pytest.mark.parametrize("simulator,config,stall_prob",
+                         [("icarus", "k4096d8", 0.0), ("icarus", "k16d1", 0.25),
+                          ("verilator", "k256d8", 0.0)])
+def test_overlapped_layers(tmp_path, simulator, config, stall_prob):
+    """Each layer's stream queued right behind the previous one: the next header
+    waits at the input while the previous layer computes, and is accepted no
+    earlier than the cycle after the last output beat (counters still final)."""
+    cfg = CONFIGS[config]
+    images = make_images(tmp_path, cfg, [("vq", 17, 45), ("int8", 8, 16), ("ssvq", 3, 100),
+                                         ("ssvq", 30, 8)], seed=17)
+    summary = _simulate(images, simulator, tmp_path / "out", seed=5, stall_prob=stall_prob,
+                        overlap=True)
+    _check(summary, expect_timing=stall_prob == 0.0)
+
+
 @pytest.mark.parametrize("simulator,config", [("icarus", "k256d8")])
 def test_requant_extremes(tmp_path, simulator, config):
     """Full-range bias, mult 0 / 65535, shift 1 / 63: saturation and rounding."""

@@ -12,30 +12,45 @@ monitor uses the same convention, so cycles of both sides compare directly.
 
 Stream rules kept: valid never depends on ready; once valid is raised the beat
 (payload included) is held until accepted; gaps are only inserted between
-beats.
+beats; during a random gap the payload carries random junk (valid low), so
+a DUT that looks at the payload without valid shows up.
 """
 from __future__ import annotations
 
 import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
 
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, ReadOnly, RisingEdge
 
 
+@dataclass
+class Transfer:
+    """One queued burst (a layer's stream) and what happened to it."""
+    beats: list[int]
+    on_first: Callable[[int], None] | None = None   # called with the first beat's cycle
+    on_last: Callable[[int], None] | None = None    # called (after the edge) when all are in
+    done: Event = field(default_factory=Event)
+    first_cycle: int | None = None
+    last_cycle: int | None = None
+    accepted: int = 0
+    gaps: int = 0               # cycles a beat was withheld on purpose
+
+
 class StreamDriver:
-    """Feeds lists of beats (python ints) into ``<prefix>__payload/valid/ready``.
+    """Feeds queued bursts of beats (python ints) into ``<prefix>__payload/valid/ready``.
 
-    ``send(beats)`` queues one layer's beats and returns an Event set when the
-    last one is accepted. The first beat of each ``send`` is presented
-    ``latency`` cycles after the call (memory latency); after that, each cycle
-    a new beat could be presented it is withheld with probability
-    ``stall_prob`` (drawn from ``rng``, so runs are reproducible from the seed).
+    ``send(beats)`` queues one layer's stream and returns its Transfer; bursts
+    follow each other in order. The first beat of a burst is presented
+    ``latency`` cycles after the burst becomes current (memory latency); after
+    that, each cycle a new beat could be presented it is withheld with
+    probability ``stall_prob`` (from ``rng``: reproducible from the seed).
 
-    Per layer (``self.layer``): cycle the first beat (the header) and the last
-    beat were accepted, beats accepted, gap cycles inserted, and
-    ``idle_ready``: cycles from the header on (until ``watch`` is cleared) in
-    which the DUT was ready while valid was low -- the input half of the
-    RTL's cnt_stall definition.
+    From the first accepted beat on, cycles in which the DUT is ready while
+    valid is low are listed in ``idle_ready`` (the input half of the RTL's
+    cnt_stall definition; the caller picks the busy cycles out of it).
     """
 
     def __init__(self, dut, prefix: str = "i_stream", rng: random.Random | None = None,
@@ -48,13 +63,10 @@ class StreamDriver:
         self.stall_prob = float(stall_prob)
         self.latency = int(latency)
         self.period = int(period_steps)
-        self._beats: list[int] = []
-        self._pos = 0
-        self._wait = 0
-        self._done: Event | None = None
+        self.queue: deque[Transfer] = deque()
+        self.current: Transfer | None = None
+        self.idle_ready: list[int] = []
         self.watch = False
-        self.on_first = None        # callback(cycle) when a layer's first beat is accepted
-        self.layer: dict = {}
         self._task = None
 
     def start(self):
@@ -68,43 +80,43 @@ class StreamDriver:
             self._task.cancel()
             self._task = None
 
-    def send(self, beats: list[int]) -> Event:
-        if self._pos < len(self._beats):
-            raise RuntimeError("StreamDriver.send while a previous layer is still being sent")
-        self._beats = list(beats)
-        self._pos = 0
-        self._wait = self.latency
-        self._done = Event()
-        self.layer = {"first_cycle": None, "last_cycle": None, "accepted": 0, "gaps": 0,
-                      "idle_ready": []}
-        return self._done
-
-    @property
-    def position(self) -> int:
-        """Beats of the current layer accepted so far."""
-        return self._pos
+    def send(self, beats: list[int], on_first=None, on_last=None) -> Transfer:
+        t = Transfer(list(beats), on_first, on_last)
+        self.queue.append(t)
+        return t
 
     async def _run(self):
         edge, ro = RisingEdge(self.clk), ReadOnly()
         valid, payload, ready = self.valid, self.payload, self.ready
-        rng, p, period = self.rng, self.stall_prob, self.period
-        presenting = False          # valid is high with beat self._pos
+        rng, p, period, queue = self.rng, self.stall_prob, self.period, self.queue
+        idle_ready = self.idle_ready
+        width = len(payload)
+        cur: Transfer | None = None
+        beats: list[int] = []
+        pos = wait = 0
+        presenting = False          # valid is high with beats[pos]
         valid_high = False
-        finished = False            # last beat accepted: set the Event after the edge
+        finished: Transfer | None = None
         await edge
         while True:
-            if finished:
-                finished = False
-                self._done.set()
-            # ---- right after the edge: what to present in this cycle
+            # ---- right after the edge
+            if finished is not None:            # signal completion outside ReadOnly
+                finished.done.set()
+                if finished.on_last is not None:
+                    finished.on_last(finished.last_cycle)
+                finished = None
             if not presenting:
-                if self._pos < len(self._beats):
-                    if self._wait > 0:
-                        self._wait -= 1
+                if cur is None and queue:
+                    cur = self.current = queue.popleft()
+                    beats, pos, wait = cur.beats, 0, self.latency
+                if cur is not None:
+                    if wait > 0:
+                        wait -= 1
                     elif p > 0.0 and rng.random() < p:
-                        self.layer["gaps"] += 1
+                        cur.gaps += 1
+                        payload.value = rng.getrandbits(width)   # junk while valid is low
                     else:
-                        payload.value = self._beats[self._pos]
+                        payload.value = beats[pos]
                         presenting = True
                 if presenting != valid_high:
                     valid.value = 1 if presenting else 0
@@ -115,18 +127,18 @@ class StreamDriver:
                 if str(ready.value) == "1":
                     if presenting:
                         cyc = get_sim_time() // period
-                        lay = self.layer
-                        if self._pos == 0:
-                            lay["first_cycle"] = cyc
+                        if pos == 0:
+                            cur.first_cycle = cyc
                             self.watch = True
-                            if self.on_first is not None:
-                                self.on_first(cyc)
-                        lay["last_cycle"] = cyc
-                        self._pos += 1
-                        lay["accepted"] = self._pos
+                            if cur.on_first is not None:
+                                cur.on_first(cyc)
+                        cur.last_cycle = cyc
+                        pos += 1
+                        cur.accepted = pos
                         presenting = False
-                        if self._pos == len(self._beats):
-                            finished = True
+                        if pos == len(beats):
+                            finished, cur = cur, None
+                            self.current = None
                     else:
-                        self.layer["idle_ready"].append(get_sim_time() // period)
+                        idle_ready.append(get_sim_time() // period)
             await edge

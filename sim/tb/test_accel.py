@@ -3,7 +3,7 @@
 The job is a JSON file named by $SSVQ_TB_JOB (written by sim.runner.run_job):
 
     {"config": {...AccelConfig...}, "simulator": "icarus", "seed": 1,
-     "stall_prob": 0.0, "latency": 0,
+     "stall_prob": 0.0, "latency": 0, "overlap": false,
      "layers": [{"name", "mode", "rows", "cols",
                  "beats":    path of the input beats (.npy uint8 (n, bus/8) or .hex),
                  "expected": path of the golden int8 outputs (.npy, length rows),
@@ -11,13 +11,19 @@ The job is a JSON file named by $SSVQ_TB_JOB (written by sim.runner.run_job):
                  "counters":   golden counters {name: value} (no stalls),
                  "out_dir":  where result.json and outputs.npy go}, ...]}
 
-Each layer is sent only once the previous one has finished (busy low), without
-a reset in between, so the counters must clear at every header.
+There is no reset between layers, so the counters must clear at each header.
+By default a layer's stream starts once the previous layer has finished (busy
+low). With "overlap" the memory model queues the next layer's stream right
+behind the previous one's last beat, so its header waits at the input while
+the previous layer still computes.
 
 Timing is checked exactly when stall_prob == 0, whatever the latency: the
 latency only delays the first beat (the header), cycles are counted from the
 cycle the header is accepted, and cnt_cycles/cnt_stall only count busy cycles,
 which start with the header.
+
+Per layer, result.json and outputs.npy are written before the test fails, so
+a failing run still leaves everything there is to know.
 """
 from __future__ import annotations
 
@@ -30,8 +36,8 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import Event, First, ReadOnly, RisingEdge, Timer
 from cocotb.simtime import get_sim_time
+from cocotb.triggers import Event, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_steps
 
 from compress.image import hex_to_beats, layer_sections
@@ -43,7 +49,7 @@ from sim.tb.scoreboard import Scoreboard
 
 PERIOD_NS = 10
 BUSY_FALL_LIMIT = 64        # cycles allowed between the last output beat and busy low
-GRACE_CYCLES = 8            # cycles watched after busy falls for extra output beats
+GRACE_CYCLES = 8            # cycles watched after a layer for extra output beats
 
 
 def load_beats(path: str, bus: int) -> list[int]:
@@ -58,7 +64,7 @@ def load_beats(path: str, bus: int) -> list[int]:
     return [int.from_bytes(row.tobytes(), "little") for row in beats]
 
 
-def _write_json(path: Path, obj):
+def write_json(path: Path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -72,7 +78,7 @@ def _section_of(sections: dict, beat: int) -> str:
     return "past the end"
 
 
-async def _read_counters(dut) -> dict:
+def _read_counters(dut) -> dict:
     out = {}
     for k in COUNTERS:
         v = resolve(getattr(dut, f"cnt_{k}").value)
@@ -80,14 +86,52 @@ async def _read_counters(dut) -> dict:
     return out
 
 
+class LayerRun:
+    """One layer of the job: its stream, scoreboard and result."""
+
+    def __init__(self, cfg: AccelConfig, spec: dict, timing_checked: bool, log):
+        self.cfg, self.spec = cfg, spec
+        self.name, self.mode = spec["name"], spec["mode"]
+        self.rows, self.cols = int(spec["rows"]), int(spec["cols"])
+        self.out_dir = Path(spec["out_dir"])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("result.json", "outputs.npy"):
+            (self.out_dir / stale).unlink(missing_ok=True)
+        self.counters_model = spec.get("counters")
+        self.sb = Scoreboard(cfg, self.name, self.mode, self.rows, self.cols,
+                             np.load(spec["expected"]), spec.get("out_cycles"),
+                             self.counters_model, timing_checked, log)
+        self.outputs_done = Event()
+        self.sb.on_done = self.outputs_done.set
+        self.transfer = None
+        self.n_beats = None
+        self.t0 = None
+
+    def set_header(self, cycle: int):
+        self.sb.header_cycle = cycle
+
+    def send(self, driver: StreamDriver, on_last=None):
+        beats = load_beats(self.spec["beats"], self.cfg.bus)
+        self.n_beats = len(beats)
+        self.t0 = time.perf_counter()
+        self.transfer = driver.send(beats, on_first=self.set_header, on_last=on_last)
+
+    def cycle_limit(self, p: float, latency: int) -> int:
+        base = max((self.counters_model or {}).get("cycles", 0), self.n_beats or 0)
+        base += latency + 1000
+        return base * (3 if p == 0 else int(3 / (1 - min(p, 0.95)) ** 2) + 1)
+
+
 @cocotb.test()
 async def run_layers(dut):
     job = json.loads(Path(os.environ["SSVQ_TB_JOB"]).read_text())
     cfg = AccelConfig.from_dict(job["config"])
     seed, p, latency = int(job["seed"]), float(job["stall_prob"]), int(job["latency"])
+    overlap = bool(job.get("overlap", False))
     simulator = job.get("simulator") or cocotb.SIM_NAME
-    dut._log.info("ssvq testbench: seed=%d stall_prob=%g latency=%d simulator=%s (%s %s)",
-                  seed, p, latency, simulator, cocotb.SIM_NAME, cocotb.SIM_VERSION)
+    dut._log.info("ssvq testbench: seed=%d stall_prob=%g latency=%d overlap=%s simulator=%s "
+                  "(%s %s), %d layer(s)", seed, p, latency, overlap, simulator,
+                  cocotb.SIM_NAME, cocotb.SIM_VERSION, len(job["layers"]))
     period = get_sim_steps(PERIOD_NS, "ns")
     Clock(dut.clk, PERIOD_NS, unit="ns").start()
     edge, ro = RisingEdge(dut.clk), ReadOnly()
@@ -100,14 +144,19 @@ async def run_layers(dut):
     dut.rst.value = 0
     await edge
 
-    current: dict = {"sb": None, "stray": []}
+    timing_checked = p == 0.0
+    runs = [LayerRun(cfg, spec, timing_checked, dut._log) for spec in job["layers"]]
+    route = {"i": 0, "stray": []}
 
     def on_beat(value, cycle):
-        sb = current["sb"]
-        if sb is None:
-            current["stray"].append((value, cycle))
-        else:
-            sb.on_beat(value, cycle)
+        i = route["i"]
+        if i is None or i >= len(runs):
+            route["stray"].append((value, cycle))
+            return
+        sb = runs[i].sb
+        sb.on_beat(value, cycle)
+        if overlap and sb.done:
+            route["i"] = i + 1          # the next beat belongs to the next layer
 
     driver = StreamDriver(dut, "i_stream", random.Random(f"{seed}:in"), p, latency, period)
     monitor = StreamMonitor(dut, "o_stream", random.Random(f"{seed}:out"), p, period, on_beat)
@@ -115,120 +164,110 @@ async def run_layers(dut):
     driver.start()
     monitor.start()
 
+    def chain(i):
+        # overlap: queue layer i+1 as soon as layer i's last beat is in
+        if i + 1 < len(runs):
+            return lambda _cycle: runs[i + 1].send(driver, on_last=chain(i + 1))
+        return None
+
+    base = {"simulator": simulator,
+            "simulator_version": f"{cocotb.SIM_NAME} {cocotb.SIM_VERSION}",
+            "config": cfg.to_dict(), "seed": seed, "stall_prob": p, "latency": latency,
+            "overlap": overlap}
     failed: list[str] = []
-    results = []
     aborted = None
-    for layer in job["layers"]:
-        out_dir = Path(layer["out_dir"])
-        base = {"name": layer["name"], "mode": layer["mode"], "rows": layer["rows"],
-                "cols": layer["cols"], "simulator": simulator,
-                "simulator_version": f"{cocotb.SIM_NAME} {cocotb.SIM_VERSION}",
-                "config": cfg.to_dict(), "seed": seed, "stall_prob": p, "latency": latency}
+    if overlap and runs:
+        runs[0].send(driver, on_last=chain(0))
+    for i, run in enumerate(runs):
         if aborted:
-            res = {**base, "passed": False, "bit_exact": False, "error": aborted}
-            _write_json(out_dir / "result.json", res)
-            results.append(res)
-            failed.append(f"{layer['name']}: not run")
+            res = {"name": run.name, "mode": run.mode, "rows": run.rows, "cols": run.cols,
+                   **base, "passed": False, "bit_exact": False, "error": aborted}
+            write_json(run.out_dir / "result.json", res)
+            failed.append(f"{run.name}: not run")
             continue
-        res, ok_to_continue = await _run_layer(dut, cfg, layer, base, driver, monitor,
-                                                current, period, p, latency)
-        results.append(res)
+        if not overlap:
+            route["i"] = i
+            route["stray"] = []
+            run.send(driver)
+        res, healthy = await _finish_layer(dut, run, driver, monitor, route, period, p,
+                                           latency, overlap, base)
         if not res["passed"]:
-            failed.append(f"{layer['name']}: {res.get('error') or '; '.join(res['problems'][:3])}")
-        if not ok_to_continue:
-            aborted = f"not run: layer {layer['name']!r} before it left the DUT in an unknown state"
+            failed.append(f"{run.name}: {res.get('error') or '; '.join(res['problems'][:3])}")
+        if not healthy:
+            aborted = f"not run: layer {run.name!r} before it left the DUT in an unknown state"
 
     driver.stop()
     monitor.stop()
     assert not failed, "layers failed:\n  " + "\n  ".join(failed)
 
 
-async def _run_layer(dut, cfg, layer, base, driver, monitor, current, period, p, latency):
-    t0 = time.perf_counter()
+async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, latency,
+                        overlap, base):
     edge, ro = RisingEdge(dut.clk), ReadOnly()
-    out_dir = Path(layer["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "outputs.npy"):
-        (out_dir / stale).unlink(missing_ok=True)
-    name, mode, rows, cols = layer["name"], layer["mode"], int(layer["rows"]), int(layer["cols"])
-    beats = load_beats(layer["beats"], cfg.bus)
-    expected = np.load(layer["expected"])
-    counters_model = layer.get("counters")
-    cycles_model = counters_model["cycles"] if counters_model else None
-    timing_checked = p == 0.0
-    sb = Scoreboard(cfg, name, mode, rows, cols, expected, layer.get("out_cycles"),
-                    counters_model, timing_checked, dut._log)
-    done = Event()
-    sb.on_done = done.set
-    current["sb"] = sb
-    current["stray"] = []
-    n_stalled_before = len(monitor.stalled)
+    sb = run.sb
     problems: list[str] = []
     error = None
-    continue_ok = True
-
-    # wall-clock and cycle limit for the layer
-    base_cycles = max(cycles_model or 0, len(beats)) + latency + 1000
-    limit = base_cycles * (3 if p == 0 else int(3 / (1 - min(p, 0.95)) ** 2) + 1)
-
+    healthy = True
+    while run.transfer is None:         # overlap: queued by the previous layer
+        await edge
+    limit = run.cycle_limit(p, latency)
     start_cycle = get_sim_time() // period
-
-    def on_header(cycle):
-        sb.header_cycle = cycle
-    driver.on_first = on_header
-    driver.send(beats)
-    await First(done.wait(), Timer(limit * period, unit="step"))
+    if not sb.done:
+        await First(run.outputs_done.wait(), Timer(limit * period, unit="step"))
     if sb.header_cycle is None:
         error = f"timeout: the header beat was not accepted within {limit} cycles"
-        continue_ok = False
+        healthy = False
     elif not sb.done:
-        sections = layer_sections(cfg, mode, rows, cols)
-        pos = driver.position
+        sections = layer_sections(run.cfg, run.mode, run.rows, run.cols)
+        pos = run.transfer.accepted
         error = (f"timeout after {limit} cycles: input stream accepted {pos} of "
-                 f"{len(beats)} beats (next: {_section_of(sections, pos)}), output stream "
+                 f"{run.n_beats} beats (next: {_section_of(sections, pos)}), output stream "
                  f"delivered {len(sb.observed)} of {len(sb.expected)} beats")
-        continue_ok = False
+        healthy = False
     counters_rtl = None
     busy_fall = None
     if error is None:
-        # busy must fall right after the last output beat; counters are final then
+        # busy must be low in the cycle after the last output beat; counters are
+        # final then (a queued next header is accepted at the end of that cycle at
+        # the earliest, so they are not cleared yet)
         await edge
-        for i in range(BUSY_FALL_LIMIT):
+        for k in range(BUSY_FALL_LIMIT):
             await ro
             if str(dut.busy.value) == "0":
-                busy_fall = i
+                busy_fall = k
                 break
             await edge
         if busy_fall is None:
             problems.append(f"busy still high {BUSY_FALL_LIMIT} cycles after the last output beat")
-            continue_ok = False
+            healthy = False
         else:
             if busy_fall != 0:
                 problems.append(f"busy fell {busy_fall} cycles late (expected low in the cycle "
                                 f"after the last output beat is accepted)")
-            counters_rtl = await _read_counters(dut)
-        driver.watch = False
-        for _ in range(GRACE_CYCLES):
-            await edge
-    current["sb"] = None
-    for value, cyc in current["stray"]:
-        sb.on_beat(value, cyc)      # counted as extra beats of this layer
+            counters_rtl = _read_counters(dut)
+        if not overlap:
+            for _ in range(GRACE_CYCLES):
+                await edge
+            route["i"] = None
+            for value, cyc in route["stray"]:
+                sb.on_beat(value, cyc)          # counted as extra beats of this layer
+            route["stray"] = []
 
     # ---- results
+    tr = run.transfer
     hdr, last = sb.header_cycle, sb.last_cycle
     cycles_tb = last - hdr + 1 if (hdr is not None and last is not None and sb.done) else None
     stall_tb = None
     if cycles_tb is not None:
-        idle = {c for c in driver.layer["idle_ready"] if hdr <= c <= last}
-        outs = {c for c in monitor.stalled[n_stalled_before:] if hdr <= c <= last}
+        idle = {c for c in driver.idle_ready if hdr <= c <= last}
+        outs = {c for c in monitor.stalled if hdr <= c <= last}
         stall_tb = len(idle | outs)
-    stalls_injected = p > 0 and (driver.layer["gaps"] > 0 or len(monitor.stalled) > n_stalled_before)
+    stalls_injected = p > 0 and bool(stall_tb)
     out_cycles_match, counters_match, cproblems = sb.check_counters(
         counters_rtl, cycles_tb, stall_tb, stalls_injected)
     problems += cproblems
     summ = sb.summary()
-    y = sb.outputs()
-    np.save(out_dir / "outputs.npy", y)
+    np.save(run.out_dir / "outputs.npy", sb.outputs())
     if summ["missing_beats"]:
         problems.append(f"{summ['missing_beats']} output beats missing")
     if summ["extra_beats"]:
@@ -238,26 +277,28 @@ async def _run_layer(dut, cfg, layer, base, driver, monitor, current, period, p,
                         f"values); first: {sb.messages[0] if sb.messages else ''}")
     if sb.timing_mismatches:
         problems.append(f"{sb.timing_mismatches} output beats off the golden cycle")
-    if driver.layer["accepted"] != len(beats):
-        problems.append(f"input stream accepted {driver.layer['accepted']} of {len(beats)} beats")
+    if tr.accepted != run.n_beats:
+        problems.append(f"input stream accepted {tr.accepted} of {run.n_beats} beats")
     passed = (error is None and summ["bit_exact"] and not problems
               and out_cycles_match is not False and counters_match is True)
-    res = {**base, **summ,
-           "timing_checked": timing_checked,
+    res = {"name": run.name, "mode": run.mode, "rows": run.rows, "cols": run.cols, **base,
+           **summ,
+           "timing_checked": sb.timing_checked,
            "cycles_rtl": counters_rtl.get("cycles") if counters_rtl else None,
-           "cycles_tb": cycles_tb, "cycles_model": cycles_model,
-           "counters_rtl": counters_rtl, "counters_model": counters_model,
+           "cycles_tb": cycles_tb, "cycles_model": (run.counters_model or {}).get("cycles"),
+           "counters_rtl": counters_rtl, "counters_model": run.counters_model,
            "out_cycles_match": out_cycles_match, "counters_match": counters_match,
            "stall_tb": stall_tb,
-           "stall_match": (counters_rtl.get("stall") == stall_tb) if counters_rtl and stall_tb is not None else None,
-           "input_beats": len(beats), "input_gaps": driver.layer["gaps"],
-           "header_cycle": hdr, "start_cycle": start_cycle,
-           "busy_fall_delay": busy_fall,
+           "stall_match": (counters_rtl.get("stall") == stall_tb
+                           if counters_rtl and stall_tb is not None else None),
+           "input_beats": run.n_beats, "input_gaps": tr.gaps,
+           "header_cycle": hdr, "start_cycle": start_cycle, "busy_fall_delay": busy_fall,
            "passed": bool(passed), "error": error, "problems": problems,
            "messages": sb.messages,
-           "wall_seconds": round(time.perf_counter() - t0, 3)}
-    _write_json(out_dir / "result.json", res)
-    lvl = dut._log.info if passed else dut._log.error
-    lvl("layer %s (%s %dx%d): %s, %s cycles (model %s), %.2f s", name, mode, rows, cols,
-        "PASS" if passed else "FAIL", res["cycles_rtl"], cycles_model, res["wall_seconds"])
-    return res, continue_ok
+           "wall_seconds": round(time.perf_counter() - run.t0, 3)}
+    write_json(run.out_dir / "result.json", res)
+    (dut._log.info if passed else dut._log.error)(
+        "layer %s (%s %dx%d): %s, %s cycles (model %s), %.2f s", run.name, run.mode, run.rows,
+        run.cols, "PASS" if passed else "FAIL", res["cycles_rtl"], res["cycles_model"],
+        res["wall_seconds"])
+    return res, healthy

@@ -1,0 +1,793 @@
+"""`ssvq quality`: accuracy (digits) or embedding fidelity (MiniLM) per bit of
+weight storage, for fp32, uniform int8/int4/int3 (post-training and QAT), VQ
+and SSVQ (post-training and trained with compress.train), a plain faiss
+k-means anchor and, on digits, DiffQ.
+
+Bits per weight are counted as the images stream them (compress.quantize.
+bits_breakdown: codebook, codes, signs, padding to whole weight blocks, 16 bits
+per row scale); int4/int3 as b bits per weight plus the 16-bit row scale; the
+faiss anchor with its float32 codebook; fp32 as 32. Accuracy / fidelity is
+measured with the exported (dequantized) weights and float activations, the
+usual weight-compression comparison; on digits the whole int8-activation
+chain through compress.quantize.integer_forward (the accelerator's arithmetic)
+is reported beside it.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import json
+import math
+import os
+import re
+import sysconfig
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.image import write_images
+from compress.quantize import ROW_SCALE_BITS, integer_forward, quantize_act
+from compress.train import SSVQ, VQ, QuantizedModel, SSVQLinear, Uniform, fit
+from hw.config import AccelConfig
+from sim.golden import outputs as golden_outputs
+from ssvq.cli import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = REPO_ROOT / ".cache"
+
+
+def _say(msg: str):
+    print(msg, flush=True)
+
+
+def _threads():
+    n = os.environ.get("SSVQ_THREADS")
+    if n:
+        torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
+# ================================================================== shared
+def pareto_front(rows: list[dict], metric: str) -> list[int]:
+    """Indices of rows not dominated (fewer-or-equal bits and higher-or-equal
+    metric, one of them strictly)."""
+    idx = [i for i, r in enumerate(rows) if r.get(metric) is not None]
+    front = []
+    for i in idx:
+        b, m = rows[i]["bits_per_weight"], rows[i][metric]
+        dom = any(rows[j]["bits_per_weight"] <= b and rows[j][metric] >= m
+                  and (rows[j]["bits_per_weight"] < b or rows[j][metric] > m) for j in idx)
+        if not dom:
+            front.append(i)
+    return sorted(front, key=lambda i: rows[i]["bits_per_weight"])
+
+
+MARKERS = {"fp32": "*", "int8": "s", "int4": "D", "int3": "d", "vq": "o", "ssvq": "^",
+           "faiss": "x", "diffq": "P"}
+COLORS = {"fp32": "black", "int8": "tab:gray", "int4": "tab:brown", "int3": "tab:pink",
+          "vq": "tab:blue", "ssvq": "tab:red", "faiss": "tab:green", "diffq": "tab:purple"}
+
+
+def plot_pareto(rows: list[dict], metric: str, path: Path, title: str, ylabel: str,
+                ylim=None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    seen = set()
+    for r in rows:
+        if r.get(metric) is None:
+            continue
+        m = r["method"]
+        label = f"{m} ({'trained' if r['trained'] else 'post-training'})"
+        ax.scatter(r["bits_per_weight"], r[metric], marker=MARKERS.get(m, "o"), s=60,
+                   color=COLORS.get(m, "k"),
+                   facecolors=COLORS.get(m, "k") if r["trained"] else "none",
+                   label=None if label in seen else label, zorder=3)
+        seen.add(label)
+    front = pareto_front(rows, metric)
+    ax.step([rows[i]["bits_per_weight"] for i in front], [rows[i][metric] for i in front],
+            where="post", color="gold", lw=2.5, alpha=0.8, zorder=2, label="Pareto front")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 1.5, 2, 3, 4, 8, 16, 32])
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("bits per weight (codebook, codes, signs, row scales and padding included)")
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_freezing(runs: dict[str, list[dict]], path: Path, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for label, log in runs.items():
+        log = [r for r in log if "frozen_fraction" in r]
+        if not log:
+            continue
+        x = [r["progress"] for r in log]
+        a1.plot(x, [r["frozen_fraction"] for r in log], label=label)
+        fr = np.array([r["flip_rate"] for r in log])
+        w = max(1, len(fr) // 100)
+        sm = np.convolve(fr, np.ones(w) / w, mode="same")
+        a2.plot(x, np.maximum(sm, 1e-9), label=label)
+    a1.set_ylabel("fraction of signs frozen")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=7)
+    a2.set_yscale("log")
+    a2.set_ylabel("sign flips per step / all signs")
+    a2.set_xlabel("training progress (fraction of steps / of the time budget)")
+    a2.grid(alpha=0.3)
+    a1.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def uniform_bits(bits: int, rows: int, cols: int) -> int:
+    return bits * rows * cols + ROW_SCALE_BITS * rows
+
+
+def faiss_anchor(w: np.ndarray, k: int, d: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Off-the-shelf faiss k-means VQ of the raw weight D-vectors (faiss
+    defaults: it subsamples to 256*k training points; float32 codebook; no
+    row normalisation). Returns (reconstructed weight, bits)."""
+    import faiss
+    rows, cols = w.shape
+    v = -(-cols // d)
+    u = np.zeros((rows, v * d), np.float32)
+    u[:, :cols] = w
+    x = np.ascontiguousarray(u.reshape(-1, d))
+    km = faiss.Kmeans(d, k, niter=20, seed=seed, verbose=False)
+    km.train(x)
+    _, a = km.index.search(x, 1)
+    rec = km.centroids[a[:, 0]].reshape(rows, v * d)[:, :cols]
+    bits = k * d * 32 + rows * v * int(math.log2(k))
+    return rec.astype(np.float32), bits
+
+
+def _fmt(v, nd=4):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c), 3 if c == "bits_per_weight" else 4)
+                                     if c != "seconds" else f"{r.get(c, 0):.1f}"
+                                     for c in cols) + " |")
+    return "\n".join(out)
+
+
+def _check_golden(imgs) -> bool:
+    return all(bool((integer_forward(im) == golden_outputs(im)).all()) for im in imgs)
+
+
+# ================================================================== digits
+DIGITS_POINTS = {   # (k, d) per target: about 1, 1.5, 2 and 3 bits/weight on the 64-128-64-10 MLP
+    "vq": [(8, 4), (32, 4), (64, 4), (128, 4)],
+    "ssvq": [(2, 16), (4, 8), (8, 4), (64, 4)],
+}
+
+
+def _digits_int_accuracy(imgs, xte, yte) -> float:
+    """Whole-model accuracy with int8 activations through the integer forward
+    of every layer image (fc1 -> relu -> fc2 -> relu -> fc3)."""
+    h = xte.astype(np.float64)
+    for i, img in enumerate(imgs):
+        a = quantize_act(h, img.scales["act_scale"])
+        y = integer_forward(img, a).astype(np.float64) * img.scales["out_scale"]
+        h = np.maximum(y, 0) if i < len(imgs) - 1 else y
+    return float((h.argmax(1) == yte).mean())
+
+
+def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
+    from compress.models import accuracy, digits_data, load_model
+    t_all = time.perf_counter()
+    lm = load_model("digits")
+    base = lm.module
+    xtr, ytr, xte, yte = digits_data()
+    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    n_w = sum(w.size for _, w, _ in lm.layers)
+    rows: list[dict] = []
+    freeze_logs: dict[str, list] = {}
+    # training length: 2000 steps of 64 (about 95 epochs of the 1347 training
+    # images), fewer if the budget is tight
+    steps = 2000 if budget_minutes >= 5 else max(200, int(2000 * budget_minutes / 5))
+
+    def batches(i, bs=64):
+        g = torch.Generator().manual_seed(seed * 1000003 + i)
+        idx = torch.randint(0, len(X), (bs,), generator=g)
+        return X[idx], Y[idx]
+
+    def loss_fn(m, b):
+        return nn.functional.cross_entropy(m(b[0]), b[1])
+
+    def calib_run(m):
+        m(torch.from_numpy(xtr))
+
+    def add(row, t0):
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        acc_int = row.get("accuracy_int8_act")
+        _say(f"  {row['method']:6s} {row.get('config', ''):14s} trained={str(row['trained']):5s} "
+             f"bits/weight {row['bits_per_weight']:6.3f}  accuracy {row['accuracy']:.4f}"
+             + (f"  int8-act {acc_int:.4f}" if acc_int is not None else "")
+             + f"  ({row['seconds']:.1f}s)")
+
+    _say(f"digits: {lm.description}; {len(xtr)} train / {len(xte)} test images, "
+         f"{steps} training steps per trained model, {_threads()} thread(s)")
+    t0 = time.perf_counter()
+    fp32 = accuracy(base, xte, yte)
+    add({"method": "fp32", "config": "", "bits_per_weight": 32.0, "trained": False,
+         "accuracy": fp32}, t0)
+
+    def evaluate(qm: QuantizedModel, cfg: AccelConfig | None):
+        acc = accuracy(qm.to_float(), xte, yte)
+        imgs = qm.export(cfg, qm.capture(calib_run))
+        return acc, imgs
+
+    def one(method, spec, cfg, trained, label):
+        t0 = time.perf_counter()
+        qm = QuantizedModel(base, spec)
+        res = None
+        if trained:
+            res = fit(qm, loss_fn, batches, steps=steps, lr=1e-3, progress=None)
+        acc, imgs = evaluate(qm, cfg)
+        row = {"method": method, "config": label, "trained": trained,
+               "bits_per_weight": qm.bits(cfg)["bits_per_weight"], "accuracy": acc,
+               "accuracy_int8_act": _digits_int_accuracy(imgs, xte, yte),
+               "golden_bit_exact": _check_golden(imgs)}
+        if spec.method in ("ssvq", "vq"):
+            row.update(k=spec.k, d=spec.d)
+        if spec.method == "ssvq":
+            row.update(codes=spec.codes)
+            if trained:
+                st = qm.sign_stats()
+                init_changed = sum(
+                    int((q.negative() != torch.from_numpy(q._init_img.signs.astype(bool))).sum())
+                    for q in qm.qlayers.values() if isinstance(q, SSVQLinear))
+                row.update(sign_flips=st["flips"], signs_changed=init_changed,
+                           signs=st["signs"])
+                freeze_logs[f"{label} ({spec.codes} codes)"] = res.log
+                if spec.codes == "fixed":
+                    d = out / "images" / f"ssvq-{label}"
+                    write_images(d, cfg, imgs, meta={"model": "digits", "method": "ssvq",
+                                                     "trained": True, "k": spec.k,
+                                                     "d": spec.d})
+                    row["images"] = str(d.relative_to(out))
+        if res is not None:
+            row["steps"] = res.steps
+        add(row, t0)
+        return row
+
+    cfg8 = AccelConfig()
+    for trained in (False, True):
+        one("int8", Uniform(8), cfg8, trained, "per-channel")
+        one("int4", Uniform(4), cfg8, trained, "per-channel")
+        one("int3", Uniform(3), cfg8, trained, "per-channel")
+    for method in ("vq", "ssvq"):
+        for k, d in DIGITS_POINTS[method]:
+            cfg = AccelConfig(k=k, d=d)
+            spec = (VQ if method == "vq" else SSVQ)(k=k, d=d, seed=seed)
+            for trained in (False, True):
+                one(method, spec, cfg, trained, f"K={k} D={d}")
+    # codes re-assigned on a schedule, against the fixed-code default
+    for k, d in [(8, 4), (4, 8)]:
+        one("ssvq", SSVQ(k=k, d=d, seed=seed, codes="reassign", reassign_every=100),
+            AccelConfig(k=k, d=d), True, f"K={k} D={d}")
+    # faiss anchor
+    for k, d in DIGITS_POINTS["vq"]:
+        t0 = time.perf_counter()
+        ws, bits = {}, 0
+        for name, w, _ in lm.layers:
+            ws[name], b = faiss_anchor(w, k, d, seed)
+            bits += b
+        add({"method": "faiss", "config": f"K={k} D={d}", "k": k, "d": d, "trained": False,
+             "bits_per_weight": bits / n_w,
+             "accuracy": accuracy(lm.with_weights(ws), xte, yte)}, t0)
+    # DiffQ
+    rows.extend(_digits_diffq(base, X, Y, xte, yte, steps, seed))
+    for r in rows[-3:]:
+        if r["method"] == "diffq":
+            _say(f"  diffq  {r.get('config', ''):14s} trained=True  bits/weight "
+                 f"{r['bits_per_weight']:6.3f}  accuracy {r['accuracy']:.4f}")
+    _write_digits_report(out, rows, freeze_logs, fp32, time.perf_counter() - t_all, steps)
+    return {"rows": rows}
+
+
+def _digits_diffq(base, X, Y, xte, yte, steps, seed) -> list[dict]:
+    try:
+        from diffq import DiffQuantizer
+    except ImportError as e:
+        return [{"method": "diffq", "trained": True, "bits_per_weight": None, "accuracy": None,
+                 "seconds": 0.0, "skipped": f"diffq-fixed not importable: {e}"}]
+    from compress.models import accuracy
+    out = []
+    for penalty in (3e1, 1e2, 3e2):
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        m = copy.deepcopy(base)
+        m.train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        q = DiffQuantizer(m, min_size=0.0, group_size=8, min_bits=1.5, init_bits=8,
+                          exclude=["*bias"])
+        q.setup_optimizer(opt, lr=1e-2)
+        g = torch.Generator().manual_seed(seed)
+        for i in range(steps):
+            idx = torch.randint(0, len(X), (64,), generator=g)
+            loss = nn.functional.cross_entropy(m(X[idx]), Y[idx]) + penalty * q.model_size()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        m.eval()
+        acc = accuracy(m, xte, yte)               # DiffQ quantizes the weights in eval()
+        n_w = sum(qp.param.numel() for qp in q._qparams)
+        others_mb = sum(p.numel() for p in q._others) * 4 / 2 ** 20
+        bits = (q.true_model_size() - others_mb) * 2 ** 20 * 8 / n_w
+        out.append({"method": "diffq", "config": f"penalty={penalty:g}, group 8",
+                    "trained": True, "bits_per_weight": bits, "accuracy": acc,
+                    "seconds": time.perf_counter() - t0, "steps": steps})
+        q.detach()
+    return out
+
+
+def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({"model": "digits", "fp32_accuracy": fp32,
+                                                  "rows": rows}, indent=1, default=float))
+    good = [r for r in rows if r.get("accuracy") is not None]
+    plot_pareto(good, "accuracy", out / "accuracy_vs_bits.png",
+                "digits MLP (64-128-64-10): test accuracy vs bits/weight", "test accuracy",
+                ylim=(max(0.0, min(r["accuracy"] for r in good) - 0.02), 1.0))
+    if freeze_logs:
+        plot_freezing(freeze_logs, out / "sign_freezing.png",
+                      "digits: SSVQ sign freezing during training")
+    front = pareto_front(good, "accuracy")
+    best = {}
+    for r in good:
+        if r["method"] == "ssvq" and r["trained"] and r["bits_per_weight"] <= 2.1 \
+                and r.get("codes") == "fixed":
+            if r["accuracy"] > best.get("accuracy", -1):
+                best = r
+    lines = [
+        "# Accuracy per bit: digits MLP",
+        "",
+        f"scikit-learn's bundled 8x8 digits, fixed split (train_test_split test_size=0.25, "
+        f"random_state=0: 1347 train / 450 test images; one test image = 0.22 points). "
+        f"fp32 model: the cached 64-128-64-10 ReLU MLP of compress/models.py, test accuracy "
+        f"**{fp32:.4f}**. Trained rows: {steps} Adam steps of 64 images from the fp32 "
+        f"weights (compress.train.fit: cosine learning rate, sign freezing by 80% of "
+        f"training). Total time {seconds:.0f}s.",
+        "",
+        "`accuracy`: exported (dequantized) weights, float activations. `accuracy_int8_act`: "
+        "every layer through compress.quantize.integer_forward on its exported image "
+        "(int8 activations, integer requantization: the accelerator's arithmetic). "
+        "`golden_bit_exact`: integer_forward equals sim.golden.outputs on every exported image.",
+        "",
+    ]
+    if best:
+        gap = 100 * (fp32 - best["accuracy"])
+        lines += [f"**Headline:** trained SSVQ at {best['bits_per_weight']:.3f} bits/weight "
+                  f"({best['config']}) reaches {best['accuracy']:.4f}, "
+                  f"{gap:+.2f} points below fp32 "
+                  f"({'within' if gap <= 1.0 else 'NOT within'} 1 point).", ""]
+    cols = ["method", "config", "trained", "bits_per_weight", "accuracy", "accuracy_int8_act",
+            "golden_bit_exact", "seconds"]
+    lines += ["## All rows", "", table(good, cols), ""]
+    skipped = [r for r in rows if r.get("skipped")]
+    for r in skipped:
+        lines += [f"- {r['method']} skipped: {r['skipped']}"]
+    lines += ["## Pareto front (fewest bits for the accuracy)", "",
+              table([good[i] for i in front], ["method", "config", "trained", "bits_per_weight",
+                                               "accuracy"]), "",
+              "![accuracy vs bits](accuracy_vs_bits.png)", ""]
+    fixed = {r["config"]: r for r in good if r["method"] == "ssvq" and r["trained"]
+             and r.get("codes") == "fixed"}
+    re_ = [r for r in good if r["method"] == "ssvq" and r.get("codes") == "reassign"]
+    if re_:
+        lines += ["## Codes: fixed vs re-assigned", "",
+                  "Re-assignment moves every vector to the codeword nearest its |latent| "
+                  "vector every 100 steps until freezing starts.", "",
+                  "| config | fixed codes | re-assigned codes |", "|---|---|---|"]
+        for r in re_:
+            f = fixed.get(r["config"])
+            lines.append(f"| {r['config']} | {_fmt(f and f['accuracy'])} | "
+                         f"{_fmt(r['accuracy'])} |")
+        lines.append("")
+    if freeze_logs:
+        lines += ["## Sign freezing", "",
+                  "Fraction of frozen signs and sign flips per step over training "
+                  "(flip threshold 4 flips until 40% of training, then decaying linearly "
+                  "to 0 at 80%, where every sign freezes).", "",
+                  "![sign freezing](sign_freezing.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+# ================================================================== MiniLM
+CORPUS_VERSION = 1
+_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_BAD = re.compile(r"[>{}\[\]=_\\|#@$<`*~^]|::|\.\.\.|https?:|\d\.\d|\(\)")
+
+
+def _good_sentence(s: str) -> bool:
+    w = s.split()
+    if not 6 <= len(w) <= 40 or not s[0].isupper() or s[-1] not in ".!?":
+        return False
+    if _BAD.search(s):
+        return False
+    return sum(c.isalpha() or c == " " for c in s) / len(s) > 0.9
+
+
+def _sentences(text: str) -> list[str]:
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        out += [s for s in _SPLIT.split(para) if _good_sentence(s)]
+    return out
+
+
+def _docstrings(path: Path) -> str:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+        return ""
+    ds = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            d = ast.get_docstring(node)
+            if d:
+                ds.append(d)
+    return "\n\n".join(ds)
+
+
+def build_corpus(progress=_say) -> dict:
+    """English sentences available offline, split by source document (so no
+    document contributes to both sides):
+
+    * train / test_tech: prose sentences from the Python reference manual
+      (pydoc_data.topics) and the docstrings of the standard library, numpy,
+      scikit-learn and matplotlib (test folders excluded); one document in 8
+      (by a hash of its name) is held out.
+    * test_general: compress/data/sentences.txt, 64 everyday sentences, never
+      trained on.
+    Cached in .cache/minilm_corpus.json."""
+    cache = CACHE_DIR / "minilm_corpus.json"
+    if cache.is_file():
+        try:
+            c = json.loads(cache.read_text())
+            if c.get("version") == CORPUS_VERSION:
+                return c
+        except (json.JSONDecodeError, OSError):
+            pass
+    t = time.perf_counter()
+    docs: dict[str, str] = {}
+    import pydoc_data.topics as topics
+    for k, v in topics.topics.items():
+        docs[f"pydoc:{k}"] = v
+    roots = [("std", Path(sysconfig.get_paths()["stdlib"]))]
+    import matplotlib
+    import numpy
+    import sklearn
+    for mod in (numpy, sklearn, matplotlib):
+        roots.append((mod.__name__, Path(mod.__file__).parent))
+    skip = {"test", "tests", "idlelib", "site-packages", "lib2to3", "testing", "_vendor",
+            "externals", "__pycache__"}
+    for tag, root in roots:
+        for p in sorted(root.rglob("*.py")):
+            rel = p.relative_to(root)
+            if skip & set(rel.parts):
+                continue
+            text = _docstrings(p)
+            if text:
+                docs[f"{tag}:{rel.as_posix()}"] = text
+    seen, train, test = set(), [], []
+    for name in sorted(docs):
+        held = zlib.crc32(name.encode()) % 8 == 0
+        for s in _sentences(docs[name]):
+            if s in seen:
+                continue
+            seen.add(s)
+            (test if held else train).append(s)
+    from compress.models import load_sentences
+    general = load_sentences()
+    gen = set(general)
+    train = [s for s in train if s not in gen]
+    test = [s for s in test if s not in gen]
+    c = {"version": CORPUS_VERSION, "documents": len(docs), "train": train, "test_tech": test,
+         "test_general": general,
+         "sources": "pydoc_data.topics + docstrings of stdlib, numpy, sklearn, matplotlib"}
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(c))
+    os.replace(tmp, cache)
+    progress(f"corpus: {len(docs)} documents -> {len(train)} train / {len(test)} held-out "
+             f"sentences ({time.perf_counter() - t:.0f}s, cached in {cache})")
+    return c
+
+
+class MiniLMTask:
+    """Sentence embeddings (mean pooling over the attention mask, as the
+    sentence-transformers model does; the final L2 normalisation does not
+    change cosines) and distillation from the original model."""
+
+    def __init__(self, max_len: int = 64):
+        from compress.models import load_model
+        self.lm = load_model("minilm")
+        st = self.lm.module
+        self.tok = st.tokenizer
+        self.bert = st[0].auto_model
+        self.bert.eval()
+        self.max_len = max_len
+        self._teacher_cache: dict[str, torch.Tensor] = {}
+
+    def encode(self, sentences: list[str]) -> dict:
+        return dict(self.tok(sentences, padding=True, truncation=True, max_length=self.max_len,
+                             return_tensors="pt"))
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+    def embed(self, model: nn.Module, sentences: list[str], bs: int = 64) -> torch.Tensor:
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(sentences), bs):
+                enc = self.encode(sentences[i:i + bs])
+                h = model(**enc).last_hidden_state
+                outs.append(self.pool(h, enc["attention_mask"]))
+        return torch.cat(outs)
+
+    def teacher(self, sentences: list[str]) -> torch.Tensor:
+        miss = [s for s in sentences if s not in self._teacher_cache]
+        if miss:
+            e = self.embed(self.bert, miss)
+            for s, v in zip(miss, e):
+                self._teacher_cache[s] = v
+        return torch.stack([self._teacher_cache[s] for s in sentences])
+
+    @staticmethod
+    def metrics(student: torch.Tensor, teacher: torch.Tensor) -> dict:
+        cos = nn.functional.cosine_similarity(student, teacher, dim=1)
+        sn = nn.functional.normalize(student, dim=1)
+        tn = nn.functional.normalize(teacher, dim=1)
+        iu = torch.triu_indices(len(sn), len(sn), 1)
+        a, b = (sn @ sn.T)[iu[0], iu[1]], (tn @ tn.T)[iu[0], iu[1]]
+        pear = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
+        return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+                "pearson": pear}
+
+    def loss(self, model: nn.Module, sentences: list[str]) -> torch.Tensor:
+        enc = self.encode(sentences)
+        t = self.teacher(sentences)
+        s = self.pool(model(**enc).last_hidden_state, enc["attention_mask"])
+        return (1.0 - nn.functional.cosine_similarity(s, t, dim=1)).mean()
+
+
+def minilm_specs() -> dict:
+    return {
+        "ssvq-k256-d8": ("ssvq", SSVQ(k=256, d=8), AccelConfig(k=256, d=8)),
+        "vq-k256-d4": ("vq", VQ(k=256, d=4), AccelConfig(k=256, d=4)),
+        "ssvq-k256-d4": ("ssvq", SSVQ(k=256, d=4), AccelConfig(k=256, d=4)),
+        "int8": ("int8", Uniform(8), AccelConfig()),
+        "int4": ("int4", Uniform(4), AccelConfig()),
+        "int3": ("int3", Uniform(3), AccelConfig()),
+    }
+
+
+MINILM_LR = {"lr": 1e-3, "lr_groups": {"latent_lr": 2e-3, "codebook_lr": 1e-3,
+                                       "scale_lr": 1e-3, "shadow_lr": 2e-5, "other_lr": 1e-4}}
+
+
+def _minilm_train_other(name: str, p) -> bool:
+    """Besides the quantized layers: LayerNorms and biases train, the
+    embedding tables (11.7M floats, unchanged by compression) do not."""
+    return "embeddings" not in name or "LayerNorm" in name
+
+
+def train_minilm(task: MiniLMTask, spec, budget_s: float, train: list[str],
+                 evalset: list[str], eval_every: int = 100, batch: int = 32, seed: int = 0,
+                 progress=_say, lr=None):
+    qm = QuantizedModel(task.bert, spec)
+    t_eval = task.teacher(evalset)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train))
+
+    def batches(i):
+        j = (i * batch) % len(order)
+        idx = order[j:j + batch]
+        if len(idx) < batch:
+            idx = np.concatenate([idx, order[: batch - len(idx)]])
+        return [train[k] for k in idx]
+
+    def ev(m):
+        return {"eval_" + k: v for k, v in task.metrics(task.embed(m, evalset), t_eval).items()}
+
+    cfg = dict(MINILM_LR if lr is None else lr)
+    res = fit(qm, lambda m, b: task.loss(m, b), batches, budget_s=budget_s,
+              train_other=_minilm_train_other, eval_fn=ev, eval_every=eval_every,
+              log_every=eval_every, progress=progress, **cfg)
+    return qm, res
+
+
+def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = None,
+               seed: int = 0) -> dict:
+    t_all = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    threads = _threads()
+    corpus = build_corpus()
+    task = MiniLMTask()
+    rng = np.random.default_rng(seed)
+    tech = list(rng.choice(corpus["test_tech"], size=min(512, len(corpus["test_tech"])),
+                           replace=False))
+    held = tech + corpus["test_general"]
+    probe = list(rng.choice(tech, size=96, replace=False)) + corpus["test_general"][:32]
+    _say(f"minilm: {len(task.lm.layers)} encoder Linear layers; corpus {len(corpus['train'])} "
+         f"train sentences; held out: {len(tech)} sentences from held-out documents + "
+         f"{len(corpus['test_general'])} everyday sentences; {threads} thread(s); "
+         f"budget {budget_minutes:g} min per trained model")
+    t0 = time.perf_counter()
+    t_held = task.teacher(held)
+    _say(f"  teacher embeddings of the held-out set ({time.perf_counter() - t0:.1f}s)")
+    n_w = sum(w.size for _, w, _ in task.lm.layers)
+    rows, logs, trajectories = [], {}, {}
+
+    def evaluate(model) -> dict:
+        emb = task.embed(model, held)
+        m = task.metrics(emb, t_held)
+        g = task.metrics(emb[len(tech):], t_held[len(tech):])
+        m.update({f"general_{k}": v for k, v in g.items()})
+        return m
+
+    def add(row, t0):
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        _say(f"  {row['method']:6s} {row.get('config', ''):12s} trained={str(row['trained']):5s} "
+             f"bits/weight {row['bits_per_weight']:6.3f}  mean cos {row['mean_cosine']:.4f}  "
+             f"min cos {row['min_cosine']:.4f}  pearson {row['pearson']:.4f}  "
+             f"({row['seconds']:.0f}s)")
+        (out / "summary.json").write_text(json.dumps({"model": "minilm", "rows": rows},
+                                                     indent=1, default=float))
+
+    t0 = time.perf_counter()
+    add(dict(method="fp32", config="", bits_per_weight=32.0, trained=False,
+             **evaluate(task.bert)), t0)
+    specs = minilm_specs()
+    # post-training rows
+    for key in ["int8", "int4", "int3", "vq-k256-d4", "ssvq-k256-d4", "ssvq-k256-d8"]:
+        method, spec, cfg = specs[key]
+        t0 = time.perf_counter()
+        qm = QuantizedModel(task.bert, spec)
+        add(dict(method=method, config=key, trained=False,
+                 bits_per_weight=qm.bits(cfg)["bits_per_weight"],
+                 **evaluate(qm.to_float())), t0)
+    # faiss anchor
+    for k, d in [(256, 4), (256, 8)]:
+        t0 = time.perf_counter()
+        ws, bits = {}, 0
+        for name, w, _ in task.lm.layers:
+            ws[name], b = faiss_anchor(w, k, d, seed)
+            bits += b
+        m = copy.deepcopy(task.bert)
+        mods = dict(m.named_modules())
+        with torch.no_grad():
+            for name, w in ws.items():
+                mods[name].weight.copy_(torch.from_numpy(w))
+        add(dict(method="faiss", config=f"K={k} D={d}", trained=False,
+                 bits_per_weight=bits / n_w, **evaluate(m)), t0)
+    # trained rows
+    budget_s = 60.0 * budget_minutes
+    train_keys = methods or ["ssvq-k256-d8", "vq-k256-d4", "ssvq-k256-d4", "int4", "int3"]
+    for key in train_keys:
+        method, spec, cfg = specs[key]
+        _say(f"training {key} for {budget_minutes:g} min ...")
+        t0 = time.perf_counter()
+        qm, res = train_minilm(task, spec, budget_s, corpus["train"], probe, seed=seed)
+        trajectories[key] = [{k: r[k] for k in r if k.startswith("eval_") or k in
+                              ("step", "seconds", "progress")} for r in res.log
+                             if "eval_mean_cosine" in r]
+        row = dict(method=method, config=key, trained=True, steps=res.steps,
+                   train_seconds=res.seconds,
+                   bits_per_weight=qm.bits(cfg)["bits_per_weight"], **evaluate(qm.to_float()))
+        if method in ("ssvq", "vq"):
+            calib = qm.capture(lambda m: task.embed(m, corpus["train"][:64]))
+            imgs = qm.export(cfg, calib)
+            row["golden_bit_exact"] = _check_golden(imgs)
+            if method == "ssvq":
+                logs[key] = res.log
+                st = qm.sign_stats()
+                row.update(frozen_fraction=st["frozen_fraction"], sign_flips=st["flips"])
+                d = out / "images" / key
+                write_images(d, cfg, imgs, meta={"model": "minilm", "method": "ssvq",
+                                                 "trained": True, "k": cfg.k, "d": cfg.d})
+                row["images"] = str(d.relative_to(out))
+        add(row, t0)
+    _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
+                         time.perf_counter() - t_all, corpus, len(tech))
+    return {"rows": rows}
+
+
+def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads, seconds,
+                         corpus, n_tech):
+    (out / "summary.json").write_text(json.dumps(
+        {"model": "minilm", "budget_minutes": budget_minutes, "threads": threads,
+         "rows": rows, "trajectories": trajectories}, indent=1, default=float))
+    plot_pareto(rows, "mean_cosine", out / "fidelity_vs_bits.png",
+                "MiniLM (36 encoder Linear layers): held-out embedding cosine vs bits/weight",
+                "mean cosine to the original embeddings",
+                ylim=(max(0.0, min(r["mean_cosine"] for r in rows) - 0.02), 1.005))
+    if logs:
+        plot_freezing(logs, out / "sign_freezing.png", "MiniLM: SSVQ sign freezing")
+    if trajectories:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for k, tr in trajectories.items():
+            ax.plot([r["seconds"] / 60 for r in tr], [r["eval_mean_cosine"] for r in tr],
+                    label=k)
+        ax.set_xlabel("training minutes")
+        ax.set_ylabel("mean cosine (probe set)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "training.png", dpi=120)
+        plt.close(fig)
+    cols = ["method", "config", "trained", "bits_per_weight", "mean_cosine", "min_cosine",
+            "pearson", "general_mean_cosine", "seconds"]
+    lines = [
+        "# Embedding fidelity per bit: MiniLM (all-MiniLM-L6-v2)",
+        "",
+        f"All 36 encoder nn.Linear layers compressed. Trained rows: distillation from the "
+        f"original model (loss 1 - cosine between mean-pooled sentence embeddings) on "
+        f"{len(corpus['train'])} English sentences available offline ({corpus['sources']}), "
+        f"{budget_minutes:g} min per trained model on {threads} thread(s). Held-out: "
+        f"{n_tech} sentences from documents never trained on plus the "
+        f"{len(corpus['test_general'])} everyday sentences of compress/data/sentences.txt. "
+        f"Metrics: mean and minimum cosine between compressed and original embeddings, "
+        f"Pearson correlation of the two pairwise-similarity matrices (upper triangles); "
+        f"`general_mean_cosine` on the everyday sentences alone. Total run {seconds / 60:.1f} "
+        f"min.",
+        "",
+        table(rows, cols),
+        "",
+        "![fidelity vs bits](fidelity_vs_bits.png)",
+        "",
+    ]
+    if trajectories:
+        lines += ["![training](training.png)", ""]
+    if logs:
+        lines += ["![sign freezing](sign_freezing.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+# ================================================================== CLI
+def quality_cmd(args) -> int:
+    out = Path(args.out)
+    budget = float(getattr(args, "budget_minutes", 25.0))
+    if budget <= 0:
+        raise UserError(f"--budget-minutes: expected a positive number, found {budget}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model == "digits":
+        run_digits(out, budget)
+    else:
+        run_minilm(out, budget, getattr(args, "methods", None))
+    _say(f"report: {out / 'report.md'}")
+    return 0
