@@ -318,18 +318,24 @@ class Accelerator(wiring.Component):
                              mult4.eq(rec[32:48]), shift4.eq(rec[48:54]),
                              lastrow4.eq(row3 == rows - 1)]
 
-        # stage 5: scale
+        # stage 5: scale; the rounding constant is formed here, off the next stage's path
         scaled = Signal(signed(ACC_BITS + 1 + MULT_BITS + 1))
+        half = Signal(64)
         v5, lastrow5 = Signal(), Signal()
         shift5 = Signal(SHIFT_BITS)
         with m.If(en):
             m.d.sync += [scaled.eq(biased * mult4), v5.eq(v4), lastrow5.eq(lastrow4),
-                         shift5.eq(shift4)]
+                         shift5.eq(shift4),
+                         half.eq((Const(1, unsigned(64)) << (shift4 - 1)[:SHIFT_BITS])[:64])]
 
-        # stage 6: round half up, shift, saturate, pack into output beats
-        # 64-bit rounding constant: shift may exceed the product's width (result 0 or -1).
+        # stage 6: round half up and shift (64-bit constant: shift may exceed the
+        # product's width, giving 0 or -1 as the golden model's int64 arithmetic does)
         rounded = Signal(signed(66))
-        m.d.comb += rounded.eq((scaled + (Const(1, unsigned(64)) << (shift5 - 1)[:SHIFT_BITS])[:64]) >> shift5)
+        v6, lastrow6 = Signal(), Signal()
+        with m.If(en):
+            m.d.sync += [rounded.eq((scaled + half) >> shift5), v6.eq(v5), lastrow6.eq(lastrow5)]
+
+        # stage 7: saturate and pack into output beats
         y = Signal(signed(8))
         m.d.comb += y.eq(Mux(rounded > 127, 127, Mux(rounded < -128, -128, rounded)))
         per_beat = bus // OUT_BITS
@@ -344,8 +350,8 @@ class Accelerator(wiring.Component):
 
         with m.If(o_valid & o_s.ready):
             m.d.sync += [o_valid.eq(0), out_left.eq(out_left - 1)]
-        with m.If(en & v5):
-            with m.If((pack_idx == per_beat - 1) | lastrow5):
+        with m.If(en & v6):
+            with m.If((pack_idx == per_beat - 1) | lastrow6):
                 m.d.sync += [o_valid.eq(1), o_data.eq(packed), pack.eq(0), pack_idx.eq(0)]
             with m.Else():
                 m.d.sync += [pack.eq(packed), pack_idx.eq(pack_idx + 1)]

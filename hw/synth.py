@@ -94,7 +94,8 @@ def _version(cmd: list[str]) -> str:
     return lines[0].strip() if lines else "unknown"
 
 
-def _run_logged(cmd: list[str], log: Path, label: str, progress, heartbeat_s: float = 60.0):
+def _run_logged(cmd: list[str], log: Path, label: str, progress, cwd: Path,
+                heartbeat_s: float = 60.0):
     """Runs cmd with stdout+stderr into `log`, reporting progress every heartbeat_s.
     Returns the wall time in seconds; raises SynthError on a non-zero exit."""
     t0 = time.monotonic()
@@ -109,7 +110,7 @@ def _run_logged(cmd: list[str], log: Path, label: str, progress, heartbeat_s: fl
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+                                text=True, bufsize=1, cwd=cwd)
         th = threading.Thread(target=beat, daemon=True)
         th.start()
         try:
@@ -117,8 +118,8 @@ def _run_logged(cmd: list[str], log: Path, label: str, progress, heartbeat_s: fl
                 f.write(line)
                 s = line.strip()
                 if re.match(r"^(\d+(\.\d+)*\. Executing|Info: (Running|Placing|Routing|"
-                            r"Packing|Max frequency|Program finished|Logic utilisation))", s) \
-                        or s.startswith("Info: Max frequency"):
+                            r"Packing|Max frequency|Program finished|Logic utilisation|"
+                            r"HeAP|Iter|Setting up|Final))", s):
                     last["line"] = s
             rc = proc.wait()
         except BaseException:
@@ -188,7 +189,8 @@ def _module_cells(stat: dict, name: str) -> dict[str, int]:
     mods = stat.get("modules", {})
     for key in (name, "\\" + name):
         if key in mods:
-            return {k.lstrip("\\"): int(v) for k, v in mods[key].get("num_cells_by_type", {}).items()}
+            return {k.lstrip("\\"): int(v) for k, v in mods[key].get("num_cells_by_type", {}).items()
+                    if not k.startswith("$")}   # $scopeinfo etc. are not hardware
     raise SynthError(f"yosys stat has no module {name} (modules: {sorted(mods)})")
 
 
@@ -295,14 +297,8 @@ def synthesize(cfg: AccelConfig, out_dir, device: str = "auto", package: str = "
     (out / "synth.ys").write_text("\n".join(script) + "\n")
 
     progress("synth: yosys synth_ecp5 (log: yosys.log)")
-    cwd = os.getcwd()
-    try:
-        os.chdir(out)  # yosys paths relative to out_dir
-        summary["wall_s"]["yosys"] = round(
-            _run_logged([yosys, "-q", "-l", "yosys.log", "-s", "synth.ys"],
-                        out / "yosys.stdout.log", "yosys", progress), 2)
-    finally:
-        os.chdir(cwd)
+    summary["wall_s"]["yosys"] = round(   # paths in the script are relative to out_dir
+        _run_logged([yosys, "-s", "synth.ys"], out / "yosys.log", "yosys", progress, out), 2)
     stat_text = (out / "stat.json").read_text()
     stat = json.loads(stat_text[stat_text.index("{"):])
     res = _summary(_module_cells(stat, TOP))
@@ -336,15 +332,11 @@ def synthesize(cfg: AccelConfig, out_dir, device: str = "auto", package: str = "
         cmd = [nextpnr, f"--{device}", "--package", package, "--json", "netlist.json",
                "--textcfg", f"{TOP}.config", "--report", "report.json", "--freq",
                str(freq_mhz), "--lpf-allow-unconstrained", "--timing-allow-fail",
-               "--seed", str(seed), "--threads", str(threads), "-l", "nextpnr.log", "-q"]
+               "--seed", str(seed), "--threads", str(threads)]
         progress(f"synth: nextpnr-ecp5 --{device} --package {package} --freq {freq_mhz} "
                  f"(log: nextpnr.log)")
-        try:
-            os.chdir(out)
-            summary["wall_s"]["nextpnr"] = round(
-                _run_logged(cmd, out / "nextpnr.stdout.log", "nextpnr", progress), 2)
-        finally:
-            os.chdir(cwd)
+        summary["wall_s"]["nextpnr"] = round(
+            _run_logged(cmd, out / "nextpnr.log", "nextpnr", progress, out), 2)
         rep = json.loads((out / "report.json").read_text())
         fmax = rep.get("fmax", {})
         clk = next((v for k, v in fmax.items() if "clk" in k), None) or \

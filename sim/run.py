@@ -11,7 +11,7 @@ from pathlib import Path
 
 def sim_cmd(args) -> int:
     from ssvq.cli import UserError
-    from sim.runner import prepare_images, simulate_images
+    from sim.runner import SimError, prepare_images, simulate_images
 
     if not 0.0 <= args.stall_prob < 1.0:
         raise UserError(f"--stall-prob: expected a probability in [0, 1), found {args.stall_prob}")
@@ -26,14 +26,18 @@ def sim_cmd(args) -> int:
     # 1) every requested layer read and checked (raises ImageError) before building
     prepared = prepare_images(images, args.layers or None, progress)
     # 2) build, simulate, compare
-    summary = simulate_images(images, args.layers or None, args.simulator, args.seed,
-                              args.stall_prob, args.latency, args.out, progress,
-                              prepared=prepared)
+    try:
+        summary = simulate_images(images, args.layers or None, args.simulator, args.seed,
+                                  args.stall_prob, args.latency, args.out, progress,
+                                  prepared=prepared)
+    except SimError as e:
+        progress(f"FAILED: {e}")
+        return 1
     n = len(summary["layers"])
     bad = [l["name"] for l in summary["layers"] if not l["passed"]]
     progress(f"{n - len(bad)}/{n} layers passed on {args.simulator}; "
-             f"{summary['total_cycles_rtl']} cycles in {summary['sim_seconds']} s "
-             f"({summary['cycles_per_second']} cycles/s); summary in "
+             f"{summary['total_cycles_rtl']} cycles in {summary['sim_seconds']} s with start-up "
+             f"({summary['layer_cycles_per_second']} cycles/s while running layers); summary in "
              f"{Path(args.out) / 'sim_summary.json'}")
     if bad:
         progress(f"FAILED: {', '.join(bad)}")

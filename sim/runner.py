@@ -14,9 +14,11 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,13 +158,23 @@ def build_info(bdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------- run
+def _one_line(r: dict, i: int, n: int) -> str:
+    status = "PASS" if r.get("passed") else "FAIL"
+    why = ""
+    if not r.get("passed"):
+        why = ": " + (r.get("error") or "; ".join(r.get("problems", [])[:3]))
+    return (f"  [{i + 1}/{n}] {status} {r['name']} ({r['mode']} {r['rows']}x{r['cols']}): "
+            f"{r.get('cycles_rtl')} cycles (model {r.get('cycles_model')}), "
+            f"{r.get('wall_seconds')} s{why}")
+
+
 def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
             stall_prob: float = 0.0, latency: int = 0, out_dir="build/sim/job",
             build_dir=None, build_root="build/sim", progress=None,
             overlap: bool = False) -> list[dict]:
     """Runs `layers` back to back in one simulator process.
 
-    Each layer dict: name, mode, rows, cols, beats (path .npy/.hex), expected
+    Each layer dict: name, mode, rows, cols, beats (path .npy/.bin/.hex), expected
     (path of golden int8 outputs .npy), out_cycles, counters (golden, no
     stalls), out_dir (where result.json and outputs.npy go; default
     out_dir/<index>_<name>). With `overlap`, each layer's stream is queued right
@@ -197,17 +209,46 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
     log = out_dir / "sim.log"
     results_xml = out_dir / "results.xml"
     t = time.perf_counter()
-    sim_error = None
-    try:
-        runner.test(test_module=TEST_MODULE, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
-                    build_dir=bdir / "obj",
-                    test_dir=out_dir, results_xml=str(results_xml), seed=int(seed),
-                    extra_env={"SSVQ_TB_JOB": str(job_file)}, log_file=log,
-                    timescale=("1ns", "1ps"))
-    except SystemExit as e:         # cocotb's runner exits when the test fails
-        sim_error = f"simulator exited with status {e.code}"
-    except RuntimeError as e:
-        sim_error = str(e)
+    outcome: dict = {"error": None}
+
+    def simulate():
+        try:
+            runner.test(test_module=TEST_MODULE, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                        build_dir=bdir / "obj", test_dir=out_dir, results_xml=str(results_xml),
+                        seed=int(seed), extra_env={"SSVQ_TB_JOB": str(job_file)},
+                        log_file=log, timescale=("1ns", "1ps"))
+        except SystemExit as e:         # cocotb's runner exits when the test fails
+            outcome["error"] = f"simulator exited with status {e.code}"
+        except Exception as e:          # noqa: BLE001 - reported with the results
+            outcome["error"] = f"{type(e).__name__}: {e}"
+
+    # the simulator runs in a thread so that finished layers can be reported
+    worker = threading.Thread(target=simulate, name="cocotb-runner", daemon=True)
+    worker.start()
+    reported = 0
+    while True:
+        worker.join(timeout=1.0)
+        while progress and reported < len(job_layers):
+            rpath = Path(job_layers[reported]["out_dir"]) / "result.json"
+            if not rpath.is_file():
+                break
+            try:
+                r = json.loads(rpath.read_text())
+            except (OSError, json.JSONDecodeError):
+                break
+            progress(_one_line(r, reported, len(job_layers)))
+            reported += 1
+        if not worker.is_alive():
+            break
+    sim_error = outcome["error"]
+    if sim_error is None:
+        try:
+            from cocotb_tools.runner import get_results
+            n_tests, n_failed = get_results(results_xml)
+            if n_failed:
+                sim_error = "the cocotb test failed"
+        except (RuntimeError, OSError) as e:
+            sim_error = f"no cocotb results ({e})"
     wall = time.perf_counter() - t
     results = []
     for lay in job_layers:
@@ -215,7 +256,13 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         if rpath.is_file():
             results.append(json.loads(rpath.read_text()))
             continue
-        tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        tail = text[-3000:]
+        if "Traceback" in text:             # the exception that stopped the testbench
+            m = re.search(r"^\s*(\w+(?:Error|Exception|Exit)\b.*)$",
+                          text[text.rindex("Traceback"):], re.M)
+            if m:
+                sim_error = f"{sim_error or 'failed'}: {m.group(1)}"
         res = {"name": lay["name"], "mode": lay["mode"], "rows": lay["rows"],
                "cols": lay["cols"], "simulator": simulator, "seed": int(seed),
                "stall_prob": float(stall_prob), "latency": int(latency), "passed": False,
@@ -225,6 +272,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         Path(lay["out_dir"]).mkdir(parents=True, exist_ok=True)
         rpath.write_text(json.dumps(res, indent=1))
         results.append(res)
+    for i in range(reported, len(results) if progress else 0):
+        progress(_one_line(results[i], i, len(results)))
     for r in results:
         r.setdefault("job_wall_seconds", round(wall, 2))
     return results
@@ -278,10 +327,11 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     layers = []
     for entry, layer, beats, y, t in prepared:
         d = layer_dir_name(entry)
-        np.save(job_dir / f"{d}.beats.npy", beats)
         np.save(job_dir / f"{d}.expected.npy", y)
         layers.append({"name": layer.name, "mode": layer.mode, "rows": layer.rows,
-                       "cols": layer.cols, "beats": str(job_dir / f"{d}.beats.npy"),
+                       "cols": layer.cols,
+                       # the stream.bin prepare_images just checked (size, sha256, decode)
+                       "beats": str(imgs.root / entry["dir"] / "stream.bin"),
                        "expected": str(job_dir / f"{d}.expected.npy"),
                        "out_cycles": t.out_cycles, "counters": t.counters,
                        "out_dir": str(out_dir / d)})
@@ -296,11 +346,6 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     results = run_job(cfg, layers, simulator, seed, stall_prob, latency, job_dir,
                       build_dir=bdir, progress=progress, overlap=overlap)
     sim_s = time.perf_counter() - t1
-    for r in results:
-        status = "PASS" if r.get("passed") else "FAIL"
-        extra = "" if r.get("passed") else f": {r.get('error') or '; '.join(r.get('problems', [])[:3])}"
-        progress(f"  {status} {r['name']} ({r['mode']} {r['rows']}x{r['cols']}) "
-                 f"cycles rtl {r.get('cycles_rtl')} model {r.get('cycles_model')}{extra}")
     summary = {"images": str(Path(image_dir).resolve()), "config": cfg.to_dict(),
                "simulator": simulator, "seed": seed, "stall_prob": stall_prob,
                "latency": latency, "overlap": overlap, "build_dir": str(bdir), "build": binfo,
@@ -309,6 +354,10 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                "total_cycles_model": total_cycles,
                "cycles_per_second": round(sum((r.get("cycles_rtl") or 0) for r in results)
                                           / sim_s, 1) if sim_s > 0 else None,
+               # simulated cycles per second of layer time (startup excluded)
+               "layer_cycles_per_second": round(
+                   sum((r.get("cycles_rtl") or 0) for r in results)
+                   / max(1e-9, sum((r.get("wall_seconds") or 0) for r in results)), 1),
                "all_passed": all(r.get("passed") for r in results),
                "layers": [{k: r.get(k) for k in (
                    "name", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",

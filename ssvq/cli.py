@@ -127,4 +127,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package module's main, so `python -m ssvq.cli` and the console script
+    # raise and catch the same UserError class.
+    from ssvq.cli import main as _main
+    sys.exit(_main())

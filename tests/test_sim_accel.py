@@ -229,3 +229,69 @@ def test_unknown_layer_rejected(tmp_path):
                        timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 2 and "nope" in p.stderr, p.stderr
     assert not (tmp_path / "out" / "sim_summary.json").exists()
+
+
+# ------------------------------------------------ harness pieces, no simulator
+def test_scoreboard_flags_every_kind_of_error():
+    from sim.golden import output_beats, timing
+    from sim.tb.scoreboard import Scoreboard
+
+    cfg = CONFIGS["k256d8"]
+    rng = np.random.default_rng(0)
+    y = rng.integers(-128, 128, 21).astype(np.int8)        # 3 beats, last one padded
+    t = timing(cfg, "vq", 21, 50)
+    beats = output_beats(y, cfg)
+
+    def feed(values, cycles, counters=None):
+        sb = Scoreboard(cfg, "x", "vq", 21, 50, y, t.out_cycles, t.counters, True)
+        sb.header_cycle = 100
+        for v, c in zip(values, cycles):
+            sb.on_beat(v, 100 + c)
+        cyc = cycles[-1] + 1
+        res = sb.check_counters(counters or t.counters, cyc, 0, False)
+        return sb, res
+
+    sb, (oc, cm, probs) = feed(beats, t.out_cycles)
+    assert sb.summary()["bit_exact"] and oc and cm and not probs
+    assert (sb.outputs() == y).all()
+    # one wrong value
+    bad = list(beats)
+    bad[1] ^= 0xFF << 16
+    sb, _ = feed(bad, t.out_cycles)
+    s = sb.summary()
+    assert not s["bit_exact"] and s["beat_mismatches"] == 1 and s["mismatches"] == 1
+    assert "output beat 1 (rows 8..15)" in sb.messages[0] and "differing rows [10]" in sb.messages[0]
+    # non-zero padding in the last beat
+    bad = list(beats)
+    bad[2] |= 0x7F << 56
+    sb, _ = feed(bad, t.out_cycles)
+    assert sb.padding_errors == 1 and "padding rows [23]" in sb.messages[0]
+    # unresolved bits, an extra beat, a missing beat
+    sb, _ = feed([beats[0], "x" * 64, beats[2]], t.out_cycles)
+    assert sb.summary()["beat_mismatches"] == 1 and "unresolved" in sb.messages[0]
+    sb, _ = feed(beats + [0], t.out_cycles + [t.out_cycles[-1] + 1])
+    assert sb.summary()["extra_beats"] == 1 and not sb.summary()["bit_exact"]
+    sb, _ = feed(beats[:2], t.out_cycles[:2])
+    assert sb.summary()["missing_beats"] == 1 and not sb.summary()["bit_exact"]
+    # a beat one cycle late, and a wrong counter
+    late = list(t.out_cycles)
+    late[1] += 1
+    sb, (oc, _, _) = feed(beats, late)
+    assert oc is False and sb.timing_mismatches == 1
+    wrong = dict(t.counters, codes=t.counters["codes"] + 1)
+    sb, (_, cm, probs) = feed(beats, t.out_cycles, wrong)
+    assert cm is False and any("cnt_codes" in p for p in probs)
+
+
+def test_load_beats_hex_and_npy_agree(tmp_path):
+    from compress.image import beats_to_hex
+    from sim.tb.test_accel import load_beats
+
+    for bus in (64, 128):
+        b = np.random.default_rng(bus).integers(0, 256, (7, bus // 8)).astype(np.uint8)
+        np.save(tmp_path / "b.npy", b)
+        (tmp_path / "b.hex").write_text(beats_to_hex(b))
+        (tmp_path / "b.bin").write_bytes(b.tobytes())
+        a, h = load_beats(str(tmp_path / "b.npy"), bus), load_beats(str(tmp_path / "b.hex"), bus)
+        assert a == h == load_beats(str(tmp_path / "b.bin"), bus)
+        assert a == [int.from_bytes(r.tobytes(), "little") for r in b]

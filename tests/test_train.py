@@ -291,3 +291,19 @@ def test_bits_and_skipping():
     b = qm.bits(AccelConfig(k=16, d=4, max_rows=64, max_cols=64))
     assert b["layers"]["c"] == 32.0
     assert b["weights"] == 37 * 45 + 45 * 13 + 13 * 5
+
+
+@pytest.mark.parametrize("spec", [SSVQ(k=16, d=4), VQ(k=16, d=4), Uniform(8)])
+def test_untrained_wrapper_is_the_post_training_image(spec):
+    """Before any step, the wrapped layer computes exactly the weights of the
+    post-training compressor (compress.quantize.quantize_layer)."""
+    from compress.quantize import quantize_layer
+    net = _Net()
+    qm = QuantizedModel(net, spec, layers=["a"])
+    cfg = AccelConfig(k=16, d=4, max_rows=64, max_cols=64)
+    ptq = quantize_layer("a", net.a.weight.detach().numpy(), None, np.ones((2, 37), np.float32),
+                         spec.method, cfg, seed=spec.seed)
+    np.testing.assert_allclose(qm.qlayers["a"].weight_q().detach().numpy(), dequantize(ptq),
+                               rtol=1e-5, atol=1e-7)
+    (img,) = qm.export(cfg, {"a": np.ones((2, 37), np.float32)})
+    assert (img.weight_matrix() == ptq.weight_matrix()).all()

@@ -5,7 +5,8 @@ The job is a JSON file named by $SSVQ_TB_JOB (written by sim.runner.run_job):
     {"config": {...AccelConfig...}, "simulator": "icarus", "seed": 1,
      "stall_prob": 0.0, "latency": 0, "overlap": false,
      "layers": [{"name", "mode", "rows", "cols",
-                 "beats":    path of the input beats (.npy uint8 (n, bus/8) or .hex),
+                 "beats":    path of the input beats (.npy uint8 (n, bus/8), or an
+                             image's stream.bin / stream.hex),
                  "expected": path of the golden int8 outputs (.npy, length rows),
                  "out_cycles": golden acceptance cycle of each output beat,
                  "counters":   golden counters {name: value} (no stalls),
@@ -56,6 +57,8 @@ def load_beats(path: str, bus: int) -> list[int]:
     p = Path(path)
     if p.suffix == ".hex":
         beats = hex_to_beats(p.read_text(), bus, str(p))
+    elif p.suffix == ".bin":                     # stream.bin: raw beats, LSB first
+        beats = np.frombuffer(p.read_bytes(), np.uint8)
     else:
         beats = np.load(p)
     beats = np.ascontiguousarray(beats, np.uint8).reshape(-1, bus // 8)
@@ -194,7 +197,8 @@ async def run_layers(dut):
         if not res["passed"]:
             failed.append(f"{run.name}: {res.get('error') or '; '.join(res['problems'][:3])}")
         if not healthy:
-            aborted = f"not run: layer {run.name!r} before it left the DUT in an unknown state"
+            aborted = (f"not run: layer {run.name!r} before it failed and left the DUT in an "
+                       f"unknown state")
 
     driver.stop()
     monitor.stop()
