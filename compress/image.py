@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ssvq.files import atomic_dir
 from hw.config import MODE_ID, MODES, RECORD_BITS, AccelConfig, ConfigError
 
 FORMAT_NAME = "ssvq-image"
@@ -64,7 +63,6 @@ class LayerImage:
         """Integer weights the accelerator multiplies with (rows, cols), int64."""
         if self.mode == "int8":
             return self.weights.astype(np.int64)
-        d = self.codebook.shape[1]
         w = self.codebook.astype(np.int64)[self.codes]            # rows, V, d
         w = w.reshape(self.rows, -1)[:, : self.cols]
         if self.mode == "ssvq":
@@ -343,9 +341,7 @@ def write_images(out_dir: str | os.PathLike, cfg: AccelConfig, layers: list[Laye
     """Writes all layers and the manifest atomically: into a sibling temporary
     folder first, then swapped into place, so a failure leaves no half image."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         entries = []
         for i, img in enumerate(layers):
             beats, sections = pack_layer(img, cfg)
@@ -371,16 +367,6 @@ def write_images(out_dir: str | os.PathLike, cfg: AccelConfig, layers: list[Laye
         manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": cfg.to_dict(),
                     "meta": meta or {}, "layers": entries}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -11,15 +11,13 @@ once everything is written, so a failure leaves no half report.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 from compress.image import read_images
 from hw.config import AccelConfig
 
+from ssvq.files import atomic_dir
 from sim.cost import STREAMS, LayerCost, compare
 
 PLOTS = {
@@ -583,10 +581,7 @@ def write_report(images_dir, out_dir, sim_dir=None, baseline_images_dir=None,
     """Writes summary.json, report.md and the PNG plots into out_dir (replacing it
     as a whole) and returns the summary."""
     summary = build_summary(images_dir, sim_dir, baseline_images_dir, baseline_sim_dir)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         plot_speedup(summary, tmp / PLOTS["speedup"])
         summary["plots"]["speedup"] = PLOTS["speedup"]
         plot_bits(summary, tmp / PLOTS["bits"])
@@ -596,16 +591,6 @@ def write_report(images_dir, out_dir, sim_dir=None, baseline_images_dir=None,
         (tmp / "report.md").write_text(render_markdown(summary))
         text = json.dumps(summary, indent=1, default=_json_default, allow_nan=False)
         (tmp / "summary.json").write_text(text + "\n")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

@@ -5,7 +5,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from compress.image import layer_sections, pack_layer, unpack_layer, validate_layer  # noqa: E402
+from compress.image import pack_layer, unpack_layer, validate_layer  # noqa: E402
 from compress.quantize import (bits_breakdown, bits_per_weight, dequantize,  # noqa: E402
                                integer_forward, kmeans, mult_shift, quantize_act,
                                quantize_layer, relative_error)

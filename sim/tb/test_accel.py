@@ -137,7 +137,7 @@ async def run_layers(dut):
                   cocotb.SIM_NAME, cocotb.SIM_VERSION, len(job["layers"]))
     period = get_sim_steps(PERIOD_NS, "ns")
     Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    edge, ro = RisingEdge(dut.clk), ReadOnly()
+    edge = RisingEdge(dut.clk)
 
     dut.rst.value = 1
     dut.i_stream__valid.value = 0
