@@ -266,8 +266,9 @@ class Accelerator(wiring.Component):
                          last1.eq(q_cnt == groups - 1), row1.eq(r_cnt),
                          sign1.eq(g_sign), w8_1.eq(g_prim)]
 
-        # stage 2: decode to signed 9-bit weights and multiply
-        prods = []
+        # stage 2: decode to signed 9-bit weights (registered: the codebook RAM's output
+        # feeding the multipliers directly was the critical path, 49.8 MHz on ECP5)
+        wregs, aregs = [], []
         for lane in range(lanes):
             cw = cbm.r_data[lane]
             for j in range(d):
@@ -281,15 +282,28 @@ class Accelerator(wiring.Component):
                         m.d.comb += w.eq(mag.as_signed())
                     with m.Default():
                         m.d.comb += w.eq(w8_1.word_select(e, 8).as_signed())
-                a = actm.r_data[0].word_select(e, 8).as_signed()
-                pr = Signal(signed(17), name=f"prod{e}")
+                wr = Signal(signed(9), name=f"wr{e}")
+                ar = Signal(signed(8), name=f"ar{e}")
                 with m.If(en):
-                    m.d.sync += pr.eq(w * a)
-                prods.append(pr)
+                    m.d.sync += [wr.eq(w), ar.eq(actm.r_data[0].word_select(e, 8).as_signed())]
+                wregs.append(wr)
+                aregs.append(ar)
+        vd, firstd, lastd = Signal(), Signal(), Signal()
+        rowd = Signal(16)
+        with m.If(en):
+            m.d.sync += [vd.eq(v1), firstd.eq(first1), lastd.eq(last1), rowd.eq(row1)]
+
+        # stage 2b: multiply
+        prods = []
+        for e, (wr, ar) in enumerate(zip(wregs, aregs)):
+            pr = Signal(signed(17), name=f"prod{e}")
+            with m.If(en):
+                m.d.sync += pr.eq(wr * ar)
+            prods.append(pr)
         v2, first2, last2 = Signal(), Signal(), Signal()
         row2 = Signal(16)
         with m.If(en):
-            m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), row2.eq(row1)]
+            m.d.sync += [v2.eq(vd), first2.eq(firstd), last2.eq(lastd), row2.eq(rowd)]
 
         # stage 3: adder tree; the row's requantization record is read meanwhile
         psum = Signal(signed(ACC_BITS))
