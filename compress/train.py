@@ -54,8 +54,11 @@ Codes: fixed from the k-means initialisation (default) or, with
 codes="reassign", every `reassign_every` steps before freeze_start each SSVQ
 vector moves to the codeword nearest its |latent| vector (latents are a
 shadow of w / s: the STE gradient grows |latent| where a larger magnitude
-lowers the loss). See compress/quality.py's report for the measurement
-behind the default.
+lowers the loss). Fixed is the default because it measured better: MiniLM
+K=256 D=8, 5-minute single-thread distillation, held-out probe mean cosine
+0.9035 with fixed codes against 0.8965 re-assigning every 50 steps (each
+re-assignment moves vectors onto codewords the codebook was not trained for
+and costs a visible dip); on digits the two are within one test image.
 """
 from __future__ import annotations
 

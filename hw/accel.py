@@ -66,10 +66,21 @@ class Accelerator(wiring.Component):
         total_groups = Signal(32)
         load_left = Signal(range(max(cfg.k * cfg.codeword_bits // bus, cfg.max_rows,
                                      cfg.act_beats(cfg.max_cols)) + 2))
-        wbeats_left = Signal(32)
+        total_blocks = Signal(32)
+        blocks_left = Signal(32)     # weight blocks still to be received
+        wfirst = Signal()            # first cycle of the weight phase: blocks_left not loaded yet
         out_left = Signal(16)
         # Registered every cycle; valid from the cycle after the header, long before use.
         m.d.sync += total_groups.eq(rows * groups)
+
+        def ceil_blocks(name):
+            n = geo[name].groups
+            return (total_groups + n - 1) >> _log2(n)
+        # Valid from the third cycle after the header; first used in the first weight cycle,
+        # which is at least the third (header, params and acts take a beat each at least).
+        m.d.sync += total_blocks.eq(Mux(
+            mode == MODE_ID["int8"], ceil_blocks("int8"),
+            Mux(mode == MODE_ID["vq"], ceil_blocks("vq"), ceil_blocks("ssvq"))))
 
         def per_mode(attr):
             return Mux(mode == MODE_ID["int8"], getattr(geo["int8"], attr),
@@ -111,7 +122,7 @@ class Accelerator(wiring.Component):
             with m.Case(Phase.IDLE, Phase.CODEBOOK, Phase.PARAMS, Phase.ACTS):
                 m.d.comb += i_s.ready.eq(1)
             with m.Case(Phase.WEIGHTS):
-                m.d.comb += i_s.ready.eq((wbeats_left != 0)
+                m.d.comb += i_s.ready.eq((wfirst | (blocks_left != 0))
                                          & ((fill_count < block_beats) | transfer))
 
         m.d.comb += [
@@ -178,19 +189,12 @@ class Accelerator(wiring.Component):
                     count("acts")
                     m.d.sync += load_left.eq(load_left - 1)
                     with m.If(load_left == 1):
-                        blocks = Signal(32)
-
-                        def ceil_blocks(name):
-                            n = geo[name].groups
-                            return (total_groups + n - 1) >> _log2(n)
-                        m.d.comb += blocks.eq(Mux(
-                            mode == MODE_ID["int8"], ceil_blocks("int8"),
-                            Mux(mode == MODE_ID["vq"], ceil_blocks("vq"), ceil_blocks("ssvq"))))
-                        m.d.sync += [phase.eq(Phase.WEIGHTS),
-                                     wbeats_left.eq(blocks * block_beats)]
+                        m.d.sync += [phase.eq(Phase.WEIGHTS), wfirst.eq(1)]
             with m.Case(Phase.WEIGHTS):
+                m.d.sync += [wfirst.eq(0),
+                             blocks_left.eq(Mux(wfirst, total_blocks, blocks_left)
+                                            - (accept & (slot == block_beats - 1)))]
                 with m.If(accept):
-                    m.d.sync += wbeats_left.eq(wbeats_left - 1)
                     with m.If(slot < primary_beats):
                         with m.If(mode == MODE_ID["int8"]):
                             count("weights")

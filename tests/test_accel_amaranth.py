@@ -68,6 +68,9 @@ CASES = [
     # int8 with two groups a block and a half-empty last block
     (dict(k=16, d=4, mults=8, bus=128), "int8", 3, 5),
     (dict(k=8, d=2, mults=8, bus=128), "vq", 7, 19),
+    # shortest load phases: the block count must be ready by the first weight cycle
+    (dict(k=16, d=4, mults=8), "int8", 1, 1),
+    (dict(k=16, d=4, mults=8, bus=256), "int8", 1, 1),
 ]
 
 
