@@ -17,9 +17,9 @@ ACC_BITS = 32         # accumulator; checked against max_cols in validate()
 MULT_BITS = 16        # requantization multiplier (unsigned)
 SHIFT_BITS = 6        # requantization shift
 # Pipeline depth from issuing a group to the output beat holding its row being
-# valid: issue -> decode -> products -> adder tree -> accumulate(+bias) -> *mult
-# -> round/shift -> saturate/pack -> beat.
-ISSUE_TO_BEAT = 8
+# valid: issue -> decode -> products -> adder tree (2 stages) -> accumulate(+bias)
+# -> *mult -> round/shift -> saturate/pack -> beat.
+ISSUE_TO_BEAT = 9
 
 
 class ConfigError(ValueError):
