@@ -331,6 +331,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without the
+    `manifest_sha256` field itself: catches edits the per-file digests cannot see."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
 def _layer_dir(index: int, name: str) -> str:
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
     return f"layers/{index:03d}_{safe}"
@@ -366,6 +374,7 @@ def write_images(out_dir: str | os.PathLike, cfg: AccelConfig, layers: list[Laye
                 progress(i + 1, len(layers), img.name)
         manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": cfg.to_dict(),
                     "meta": meta or {}, "layers": entries}
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out_dir
 
@@ -426,6 +435,11 @@ class ImageSet:
         for fld in ("mode", "rows", "cols"):
             _expect(getattr(img, fld) == e[fld], f"{self.root / 'manifest.json'} layer {name}",
                     fld, f"{getattr(img, fld)!r} (from the stream header)", repr(e[fld]))
+        # Last, so that an edited shape or file is reported by its own field first.
+        digest = manifest_digest(self.manifest)
+        _expect(digest == self.manifest.get("manifest_sha256"), str(self.root / "manifest.json"),
+                "manifest_sha256 (the manifest was edited after writing)",
+                self.manifest.get("manifest_sha256"), digest)
         with np.load(self.root / e["dir"] / "arrays.npz", allow_pickle=False) as z:
             img.scales = {k[6:]: z[k] for k in z.files if k.startswith("scale_")}
         return img

@@ -283,12 +283,20 @@ def _folder_name(i, name):
     return f"layers/{i:03d}_{safe}"
 
 
+def _manifest_digest(m):
+    """Section 4: SHA-256 of the canonical JSON of the manifest without its own digest."""
+    body = {k: v for k, v in m.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode("utf-8")).hexdigest()
+
+
 def _check_manifest_as_written(img):
     path = os.path.join(img, "manifest.json")
     raw = open(path, "rb").read()
     m = json.loads(raw)
     assert raw.decode("ascii") == json.dumps(m, indent=1)    # indent=1, ASCII, no trailing newline
-    assert list(m) == ["format", "version", "config", "meta", "layers"]
+    assert list(m) == ["format", "version", "config", "meta", "layers", "manifest_sha256"]
+    assert m["manifest_sha256"] == _manifest_digest(m)
     assert set(m["config"]) == {"k", "d", "cw", "mults", "bus", "max_rows", "max_cols"}
     for i, e in enumerate(m["layers"]):
         assert list(e) == ["name", "mode", "rows", "cols", "dir", "beats", "sections", "files"]
@@ -429,6 +437,7 @@ def _rewrite_stream(img, entry, beats, bus, fix_manifest=True):
             if e["name"] == entry["name"]:
                 for fn, data in files.items():
                     e["files"][fn] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        m["manifest_sha256"] = _manifest_digest(m)
         with open(mpath, "w") as f:
             f.write(json.dumps(m, indent=1))
 

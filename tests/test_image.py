@@ -92,6 +92,14 @@ def test_edited_shape_detected(tmp_path):
         read_images(root).layer("fc1")
 
 
+def test_edited_name_detected(tmp_path):
+    root = _image(tmp_path)
+    text = (root / "manifest.json").read_text().replace('"fc2"', '"fc9"')
+    (root / "manifest.json").write_text(text)
+    with pytest.raises(ImageError, match="manifest_sha256"):
+        read_images(root).layer("fc9")
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.update(version=2), "version: expected 1, found 2"),
     (lambda m: m.update(format="other"), "format: expected ssvq-image"),
