@@ -25,6 +25,8 @@ from typing import Callable
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, ReadOnly, RisingEdge
 
+from sim.tb.endpoint import StreamEndpoint
+
 
 @dataclass
 class Transfer:
@@ -39,7 +41,7 @@ class Transfer:
     gaps: int = 0               # cycles a beat was withheld on purpose
 
 
-class StreamDriver:
+class StreamDriver(StreamEndpoint):
     """Feeds queued bursts of beats (python ints) into ``<prefix>__payload/valid/ready``.
 
     ``send(beats)`` queues one layer's stream and returns its Transfer; bursts
@@ -55,30 +57,12 @@ class StreamDriver:
 
     def __init__(self, dut, prefix: str = "i_stream", rng: random.Random | None = None,
                  stall_prob: float = 0.0, latency: int = 0, period_steps: int = 1, clk=None):
-        self.clk = clk if clk is not None else dut.clk
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.rng = rng or random.Random(0)
-        self.stall_prob = float(stall_prob)
+        super().__init__(dut, prefix, rng or random.Random(0), stall_prob, period_steps, clk,
+                         owned="valid")
         self.latency = int(latency)
-        self.period = int(period_steps)
         self.queue: deque[Transfer] = deque()
         self.current: Transfer | None = None
         self.idle_ready: list[int] = []
-        self.watch = False
-        self._task = None
-
-    def start(self):
-        import cocotb
-        self.valid.value = 0
-        self._task = cocotb.start_soon(self._run())
-        return self._task
-
-    def stop(self):
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     def send(self, beats: list[int], on_first=None, on_last=None) -> Transfer:
         t = Transfer(list(beats), on_first, on_last)

@@ -15,6 +15,8 @@ from typing import Callable
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from sim.tb.endpoint import StreamEndpoint
+
 
 def resolve(value) -> int | str:
     """LogicArray -> int, or its binary string when it holds X/Z bits."""
@@ -24,7 +26,7 @@ def resolve(value) -> int | str:
         return str(value)
 
 
-class StreamMonitor:
+class StreamMonitor(StreamEndpoint):
     """Accepts beats from ``<prefix>__payload/valid`` and calls
     ``callback(value, cycle)`` for each (value: int, or a bit string with X/Z).
 
@@ -36,29 +38,11 @@ class StreamMonitor:
     def __init__(self, dut, prefix: str = "o_stream", rng: random.Random | None = None,
                  stall_prob: float = 0.0, period_steps: int = 1,
                  callback: Callable[[int | str, int], None] | None = None, clk=None):
-        self.clk = clk if clk is not None else dut.clk
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.rng = rng or random.Random(1)
-        self.stall_prob = float(stall_prob)
-        self.period = int(period_steps)
+        super().__init__(dut, prefix, rng or random.Random(1), stall_prob, period_steps, clk,
+                         owned="ready")
         self.callback = callback
         self.beats: list[tuple[int | str, int]] = []     # (value, cycle) of every beat
         self.stalled: list[int] = []
-        self.watch = False
-        self._task = None
-
-    def start(self):
-        import cocotb
-        self.ready.value = 0
-        self._task = cocotb.start_soon(self._run())
-        return self._task
-
-    def stop(self):
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     async def _run(self):
         edge, ro = RisingEdge(self.clk), ReadOnly()
