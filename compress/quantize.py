@@ -219,10 +219,23 @@ def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: n
     else:
         fields, row_scale, cb_scale = _quant_vq(w, method, cfg, seed)
 
+    return image_from_fields(name, method, fields, row_scale, cb_scale, bias, x)
+
+
+def image_from_fields(name: str, mode: str, fields: dict, row_scale, cb_scale: float,
+                      bias: np.ndarray | None, calib_x: np.ndarray) -> LayerImage:
+    """A LayerImage from integer weight fields (codebook/codes/signs or weights)
+    and their scales, with the requantization derived from calibration inputs
+    (see the module docstring). Post-training and trained compressors share it."""
+    x = np.asarray(calib_x, np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    rows, cols = len(row_scale), x.shape[1]
+    row_scale = np.asarray(row_scale, np.float64)
     amax = float(np.percentile(np.abs(x), CLIP_PERCENTILE))
     act_scale = amax / 127.0 if amax > 0 else 1.0
     typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
-    img = LayerImage(name=name, mode=method, rows=rows, cols=cols, bias=None, mult=None,
+    img = LayerImage(name=name, mode=mode, rows=rows, cols=cols, bias=None, mult=None,
                      shift=None, act=quantize_act(x[typical], act_scale), **fields)
     img.scales = {"row_scale": row_scale, "cb_scale": cb_scale, "act_scale": act_scale}
     # output scale from the compressed layer's own output on the calibration set

@@ -65,8 +65,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -74,8 +73,8 @@ import torch
 from torch import nn
 
 from compress.image import LayerImage, write_images
-from compress.quantize import (ROW_SCALE_BITS, bits_breakdown, dequantize, quantize_act,
-                               quantize_layer, requantize_params)
+from compress.quantize import (ROW_SCALE_BITS, bits_breakdown, dequantize, image_from_fields,
+                               quantize_layer)
 from hw.config import AccelConfig
 
 UNIFORM = {"int8": 8, "int4": 4, "int3": 3}
@@ -425,38 +424,6 @@ LAYER_TYPES = {"ssvq": SSVQLinear, "vq": VQLinear, "int8": UniformLinear,
 
 
 # ------------------------------------------------------------------ images
-def image_from_fields(name: str, mode: str, fields: dict, row_scale: np.ndarray,
-                      cb_scale: float, bias: np.ndarray | None,
-                      calib_x: np.ndarray) -> LayerImage:
-    """A LayerImage from trained integer fields, with requantization from the
-    calibration inputs exactly as compress.quantize.quantize_layer derives it
-    (act_scale = max|x|/127; out_scale = max|y|/127 of the compressed layer's
-    own output; mult/shift/bias from requantize_params)."""
-    x = np.asarray(calib_x, np.float32)
-    if x.ndim == 1:
-        x = x[None]
-    rows = len(row_scale)
-    cols = x.shape[1]
-    row_scale = np.asarray(row_scale, np.float64)
-    amax = float(np.abs(x).max())
-    act_scale = amax / 127.0 if amax > 0 else 1.0
-    img = LayerImage(name=name, mode=mode, rows=rows, cols=cols, bias=None, mult=None,
-                     shift=None, act=quantize_act(x[0], act_scale), **fields)
-    img.scales = {"row_scale": row_scale, "cb_scale": float(cb_scale), "act_scale": act_scale}
-    unit = row_scale * cb_scale * act_scale
-    bias_int = requantize_params(row_scale, cb_scale, act_scale, 1.0, bias)[0]
-    wdeq = torch.from_numpy(dequantize(img).astype(np.float32))
-    xq = torch.from_numpy(quantize_act(x, act_scale).astype(np.float32) * np.float32(act_scale))
-    y = (xq @ wdeq.T).numpy().astype(np.float64) + bias_int.astype(np.float64) * unit
-    ymax = float(np.abs(y).max())
-    out_scale = ymax / 127.0 if ymax > 0 else 1.0
-    img.bias, img.mult, img.shift = requantize_params(row_scale, cb_scale, act_scale,
-                                                      out_scale, bias)
-    img.scales = {"row_scale": row_scale, "cb_scale": float(cb_scale),
-                  "act_scale": float(act_scale), "out_scale": float(out_scale)}
-    return img
-
-
 # ------------------------------------------------------------------ the wrapper
 SpecLike = QuantSpec | None
 SpecFn = Callable[[str, nn.Linear], SpecLike]

@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quality", help="accuracy-per-bit evaluation of the compressors")
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
-    q.add_argument("--budget-minutes", type=float, default=25.0)
+    q.add_argument("--budget-minutes", type=float, default=25.0,
+                   help="training budget per trained model (MiniLM), in minutes")
+    q.add_argument("--methods", nargs="*",
+                   help="only these rows, e.g. ssvq-k256-d8 (see compress/quality.py)")
     q.add_argument("--out", required=True)
     q.set_defaults(func=_quality)
 

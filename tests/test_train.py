@@ -279,9 +279,15 @@ def test_integer_forward_tracks_the_float_layer():
     calib = qm.capture(lambda m: m(x))
     (img,) = qm.export(AccelConfig(k=16, d=4, max_rows=64, max_cols=64), calib)
     a = np.clip(np.rint(calib["a"] / img.scales["act_scale"]), -128, 127).astype(np.int8)
-    yi = integer_forward(img, a).astype(np.float64) * img.scales["out_scale"]
-    yf = (qm.qlayers["a"](x)).detach().numpy()
-    err = np.abs(yi - yf).max() / np.abs(yf).max()
+    yint = integer_forward(img, a)
+    yi = yint.astype(np.float64) * img.scales["out_scale"]
+    # the float layer on the same (clipped, int8) input the integer path sees
+    xa = torch.from_numpy(a.astype(np.float32) * np.float32(img.scales["act_scale"]))
+    yf = (qm.qlayers["a"](xa)).detach().numpy()
+    # output scales clip at the 99.9th percentile: outliers saturate, everything else tracks
+    inside = np.abs(yint.astype(int)) < 127
+    assert inside.mean() > 0.99
+    err = np.abs(yi - yf)[inside].max() / np.abs(yf[inside]).max()
     assert err < 0.03
 
 
