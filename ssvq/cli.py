@@ -46,7 +46,9 @@ def _synth(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssvq", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="ssvq", description="Compress PyTorch weights into SSVQ / VQ / int8 memory images, "
+        "generate and verify the decode-and-MAC accelerator, and report its speedup.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="compress a model's weights into memory images")
