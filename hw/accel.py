@@ -9,12 +9,10 @@ from amaranth.lib import enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.beat_memory import BeatMemory
-from hw.config import (ACC_BITS, MODE_ID, MODES, MULT_BITS, OUT_BITS, RECORD_BITS, SHIFT_BITS,
-                       AccelConfig)
+from hw.config import (ACC_BITS, COUNTERS, MODE_ID, MODES, MULT_BITS, OUT_BITS, RECORD_BITS,
+                       SHIFT_BITS, AccelConfig)
 
 COUNTER_BITS = 32
-COUNTERS = ("cycles", "stall", "header", "codebook", "params", "acts", "codes", "signs",
-            "weights", "out")
 
 
 class Phase(enum.Enum, shape=3):

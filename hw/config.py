@@ -9,6 +9,9 @@ import math
 from dataclasses import asdict, dataclass, field
 
 MODES = ("int8", "vq", "ssvq")
+# Performance counters, as the RTL names them (cnt_<name>) and the timing model predicts them.
+COUNTERS = ("cycles", "stall", "header", "codebook", "params", "acts", "codes", "signs",
+            "weights", "out")
 MODE_ID = {name: i for i, name in enumerate(MODES)}
 
 RECORD_BITS = 64      # header and per-row requantization records

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from compress.image import LayerImage
-from hw.config import ISSUE_TO_BEAT, OUT_BITS, AccelConfig
+from hw.config import COUNTERS, ISSUE_TO_BEAT, OUT_BITS, AccelConfig  # noqa: F401 (COUNTERS re-exported)
 
-COUNTERS = ("cycles", "stall", "header", "codebook", "params", "acts", "codes", "signs",
-            "weights", "out")
 
 
 def requantize(acc: np.ndarray, bias, mult, shift) -> np.ndarray:
