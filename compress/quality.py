@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from compress.image import write_images
-from compress.quantize import ROW_SCALE_BITS, integer_forward, quantize_act
+from compress.quantize import integer_forward, quantize_act
 from compress.train import SSVQ, VQ, QuantizedModel, SSVQLinear, Uniform, fit
-from hw.config import AccelConfig
+from hw.config import ROW_SCALE_BITS, AccelConfig
 from sim.golden import outputs as golden_outputs
 from ssvq.cli import UserError
 

@@ -45,10 +45,9 @@ import numpy as np
 import torch
 
 from compress.image import LayerImage
-from hw.config import MODES, AccelConfig
+from hw.config import MODES, ROW_SCALE_BITS, AccelConfig
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-ROW_SCALE_BITS = 16     # counted per row in bits_per_weight (folded into mult in the stream)
 CLIP_PERCENTILE = 99.9  # activation and output scales; see the module docstring
 
 
@@ -305,17 +304,15 @@ def relative_error(w: np.ndarray, img: LayerImage) -> float:
 # ------------------------------------------------------------------ size
 def bits_breakdown(cfg: AccelConfig, mode: str, rows: int, cols: int) -> dict:
     """Bits one layer costs as the format streams it (codes, signs and int8
-    weights padded to whole weight blocks) plus 16 bits per row for the row
-    scale. Keys: codebook, codes, signs, weights, row_scale, total."""
-    geo = cfg.mode(mode)
-    nb = cfg.weight_blocks(mode, rows, cols)
-    prim = nb * geo.primary_beats * cfg.bus
-    out = {"codebook": cfg.codebook_beats(mode) * cfg.bus,
-           "codes": 0 if mode == "int8" else prim,
-           "signs": nb * geo.sign_beats * cfg.bus,
-           "weights": prim if mode == "int8" else 0,
-           "row_scale": ROW_SCALE_BITS * rows}
-    out["total"] = sum(out.values())
+    weights padded to whole weight blocks) plus ROW_SCALE_BITS per row for the
+    row scale, from the cost model. Keys: codebook, codes, signs, weights,
+    row_scale, total."""
+    from sim.cost import layer_cost
+
+    c = layer_cost(cfg, mode, rows, cols)
+    out = {k: getattr(c, k) for k in ("codebook", "codes", "signs", "weights")}
+    out["row_scale"] = ROW_SCALE_BITS * rows
+    out["total"] = c.weight_side_bits
     return out
 
 

@@ -73,9 +73,9 @@ import torch
 from torch import nn
 
 from compress.image import LayerImage, write_images
-from compress.quantize import (ROW_SCALE_BITS, bits_breakdown, dequantize, image_from_fields,
+from compress.quantize import (bits_breakdown, dequantize, image_from_fields,
                                quantize_layer)
-from hw.config import AccelConfig
+from hw.config import ROW_SCALE_BITS, AccelConfig
 
 UNIFORM = {"int8": 8, "int4": 4, "int3": 3}
 METHODS = ("ssvq", "vq") + tuple(UNIFORM)

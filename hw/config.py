@@ -19,6 +19,9 @@ OUT_BITS = 8          # one int8 output per row
 ACC_BITS = 32         # accumulator; checked against max_cols in validate()
 MULT_BITS = 16        # requantization multiplier (unsigned)
 SHIFT_BITS = 6        # requantization shift
+# Bits charged per row for its scale in bits-per-weight accounting: the scale is
+# folded into the requantization multiplier, but a float model would store it.
+ROW_SCALE_BITS = 16
 # Pipeline depth from issuing a group to the output beat holding its row being
 # valid: issue -> decode -> products -> adder tree (2 stages) -> accumulate(+bias)
 # -> *mult -> round/shift -> saturate/pack -> beat.

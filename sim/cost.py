@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hw.config import AccelConfig
+from hw.config import ROW_SCALE_BITS, AccelConfig
 
 from sim import golden
 
@@ -37,21 +37,13 @@ from sim import golden
 STREAMS = ("header", "codebook", "params", "acts", "codes", "signs", "weights", "outputs")
 COUNTER_OF = {s: ("out" if s == "outputs" else s) for s in STREAMS}
 WEIGHT_STREAMS = ("codebook", "codes", "signs", "weights")
-SCALE_BITS_PER_ROW = 16
 
 
 def bits_per_weight(cfg: AccelConfig, mode: str, rows: int, cols: int) -> float:
     """Weight-storage bits per weight of one layer: (codebook + code + sign +
-    int8-weight bits as streamed, i.e. beats x bus with padding, + 16 bits per
-    row for the per-row scale) / (rows x cols)."""
-    return _weight_side_bits_geo(cfg, mode, rows, cols) / (rows * cols)
-
-
-def _weight_side_bits_geo(cfg: AccelConfig, mode: str, rows: int, cols: int) -> int:
-    geo = cfg.mode(mode)
-    nb = cfg.weight_blocks(mode, rows, cols)
-    beats = cfg.codebook_beats(mode) + nb * (geo.primary_beats + geo.sign_beats)
-    return beats * cfg.bus + SCALE_BITS_PER_ROW * rows
+    int8-weight bits as streamed, i.e. beats x bus with padding, + ROW_SCALE_BITS
+    per row) / (rows x cols)."""
+    return layer_cost(cfg, mode, rows, cols).bits_per_weight
 
 
 @lru_cache(maxsize=4096)
@@ -100,7 +92,7 @@ class LayerCost:
 def layer_cost(cfg: AccelConfig, mode: str, rows: int, cols: int, name: str = "") -> LayerCost:
     c = counters(cfg, mode, rows, cols)
     bits = {s: c[COUNTER_OF[s]] * cfg.bus for s in STREAMS}
-    ws = sum(bits[s] for s in WEIGHT_STREAMS) + SCALE_BITS_PER_ROW * rows
+    ws = sum(bits[s] for s in WEIGHT_STREAMS) + ROW_SCALE_BITS * rows
     bpw = ws / (rows * cols)
     return LayerCost(name=name, mode=mode, rows=rows, cols=cols, **bits,
                      total=sum(bits.values()), cycles=c["cycles"], beats=c,
