@@ -103,10 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quality", help="accuracy-per-bit evaluation of the compressors")
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
     q.add_argument("--budget-minutes", type=float, default=25.0,
-                   help="training budget per trained model (MiniLM), in minutes")
-    q.add_argument("--methods", nargs="*",
-                   help="only these rows, e.g. ssvq-k256-d8 (see compress/quality.py)")
-    q.add_argument("--out", required=True)
+                   help="MiniLM: training minutes of each ~2-bit model (SSVQ K=256 D=8, VQ "
+                   "K=256 D=4); the ~3-bit group (SSVQ D=4, int4, int3) gets a fifth each, "
+                   "so the default run trains 65 min in all. digits: below 5, fewer steps")
+    q.add_argument("--methods", nargs="*", metavar="METHOD",
+                   help="MiniLM: train only these (each for the full budget unless it is one "
+                   "of the ~3-bit group): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
+                   "ssvq-k256-d8-reassign, int8, int4, int3")
+    q.add_argument("--out", help="report folder (default reports/quality-<model>)")
     q.set_defaults(func=_quality)
 
     y = sub.add_parser("synth", help="FPGA synthesis (yosys + nextpnr-ecp5)")
