@@ -66,6 +66,20 @@ def pareto_front(rows: list[dict], metric: str) -> list[int]:
     return sorted(front, key=lambda i: rows[i]["bits_per_weight"])
 
 
+FIDELITY = ("mean_cosine", "min_cosine", "pearson")
+
+
+def verdict(ssvq: dict, other: dict, metrics=FIDELITY) -> tuple[str, list[str]]:
+    """Which row wins: SSVQ only if better on every metric, the other row
+    only if SSVQ is better on none, else mixed. Also the metrics SSVQ wins."""
+    wins = [m for m in metrics if ssvq[m] > other[m]]
+    name = other.get("config") or other["method"]
+    if all(ssvq[m] == other[m] for m in metrics):
+        return "a tie", wins
+    return ("SSVQ wins" if len(wins) == len(metrics) else
+            f"{name} wins" if not wins else "mixed"), wins
+
+
 MARKERS = {"fp32": "*", "int8": "s", "int4": "D", "int3": "d", "vq": "o", "ssvq": "^",
            "faiss": "x", "diffq": "P"}
 COLORS = {"fp32": "black", "int8": "tab:gray", "int4": "tab:brown", "int3": "tab:pink",
@@ -427,12 +441,11 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
     if s3 and u3:
         a = max(s3, key=lambda r: r["accuracy"])
         b = max(u3, key=lambda r: (r["accuracy"], -r["bits_per_weight"]))
-        verdict = ("SSVQ wins" if a["accuracy"] > b["accuracy"] else
-                   "a tie" if a["accuracy"] == b["accuracy"] else f"{b['method']} wins")
+        v, _ = verdict(a, dict(b, config=b["method"]), metrics=("accuracy",))
         lines += [f"**About 3 bits/weight:** trained SSVQ {a['config']} "
                   f"({a['bits_per_weight']:.2f} b) {a['accuracy']:.4f} against the best of "
                   f"int3/int4 ({b['method']}, {'QAT' if b['trained'] else 'post-training'}, "
-                  f"{b['bits_per_weight']:.2f} b) {b['accuracy']:.4f}: {verdict}. On digits "
+                  f"{b['bits_per_weight']:.2f} b) {b['accuracy']:.4f}: {v}. On digits "
                   f"every method within about 0.5 points of fp32 is within two test images "
                   f"of it; this model is too easy to separate them.", ""]
     cols = ["method", "config", "trained", "bits_per_weight", "accuracy", "accuracy_int8_act",
@@ -727,6 +740,14 @@ MINILM_PTQ = ["int8", "ssvq-k256-d8", "vq-k256-d4", "ssvq-k256-d4", "int4", "int
 def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = None,
                seed: int = 0) -> dict:
     t_all = time.perf_counter()
+    specs = minilm_specs()
+    plan = MINILM_TRAIN
+    if methods:
+        unknown = [m for m in methods if m not in specs]
+        if unknown:
+            raise UserError(f"--methods: unknown method(s) {unknown}; expected some of "
+                            f"{list(specs)}")
+        plan = [(m, dict(MINILM_TRAIN).get(m, 1.0)) for m in methods]
     out.mkdir(parents=True, exist_ok=True)
     threads = _threads()
     corpus = build_corpus()
@@ -736,13 +757,6 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
                            replace=False))
     held = tech + corpus["test_general"]
     probe = list(rng.choice(tech, size=96, replace=False)) + corpus["test_general"][:32]
-    specs = minilm_specs()
-    plan = MINILM_TRAIN
-    if methods:
-        unknown = [m for m in methods if m not in specs]
-        if unknown:
-            raise UserError(f"minilm: unknown method(s) {unknown}; expected some of {list(specs)}")
-        plan = [(m, dict(MINILM_TRAIN).get(m, 1.0)) for m in methods]
     _say(f"minilm: {len(task.lm.layers)} encoder Linear layers; corpus {len(corpus['train'])} "
          f"train sentences; held out: {len(tech)} sentences from held-out documents + "
          f"{len(corpus['test_general'])} everyday sentences; {threads} thread(s); "
@@ -900,12 +914,12 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
                   f"{s8['pearson']:.4f} — target (>= 0.93 at <= 2.1 bits) "
                   f"{'met' if ok else 'NOT met'} in this run."]
         if v4:
-            m3 = ("mean_cosine", "min_cosine", "pearson")
-            wins = [m for m in m3 if s8[m] > v4[m]]
-            lines += ["", f"Against trained VQ K=256 D=4 ({v4['bits_per_weight']:.3f} "
-                      f"bits/weight, same time): VQ mean {v4['mean_cosine']:.4f}, min "
-                      f"{v4['min_cosine']:.4f}, Pearson {v4['pearson']:.4f}; SSVQ better on "
-                      f"{len(wins)}/3 metrics ({', '.join(wins) or 'none'})."]
+            v, wins = verdict(s8, v4)
+            lines += ["", f"**Against trained VQ K=256 D=4 at equal bits: {v}.** VQ "
+                      f"({v4['bits_per_weight']:.3f} bits/weight, same training time): mean "
+                      f"{v4['mean_cosine']:.4f}, min {v4['min_cosine']:.4f}, Pearson "
+                      f"{v4['pearson']:.4f}; SSVQ better on {len(wins)}/3 metrics "
+                      f"({', '.join(wins) or 'none'})."]
         lines.append("")
     s4 = _best(rows, config="ssvq-k256-d4", trained=True) or _best(rows, config="ssvq-k256-d4")
     if s4:
@@ -925,11 +939,8 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
         tag = "trained" if s4["trained"] else "post-training"
         if fewer:
             b = max(fewer, key=lambda r: r["mean_cosine"])
-            m3 = ("mean_cosine", "min_cosine", "pearson")
-            wins = [m for m in m3 if s4[m] > b[m]]
-            verdict = ("SSVQ wins" if len(wins) == 3 else
-                       f"{b['config']} wins" if not wins else "mixed")
-            lines += ["", f"**At equal or fewer bits: {verdict}.** SSVQ K=256 D=4 ({tag}, "
+            v, wins = verdict(s4, b)
+            lines += ["", f"**At equal or fewer bits: {v}.** SSVQ K=256 D=4 ({tag}, "
                       f"{s4['bits_per_weight']:.3f} bits/weight): mean cosine "
                       f"{s4['mean_cosine']:.4f}, min {s4['min_cosine']:.4f}, Pearson "
                       f"{s4['pearson']:.4f}; best uniform row at <= "
@@ -995,11 +1006,11 @@ def quality_cmd(args) -> int:
     budget = float(getattr(args, "budget_minutes", 25.0))
     if budget <= 0:
         raise UserError(f"--budget-minutes: expected a positive number, found {budget}")
-    out.mkdir(parents=True, exist_ok=True)
     if args.model == "digits":
         if getattr(args, "methods", None):
             raise UserError("--methods: only for --model minilm (the digits run trains every "
                             "row in a few minutes)")
+        out.mkdir(parents=True, exist_ok=True)
         run_digits(out, budget)
     else:
         run_minilm(out, budget, getattr(args, "methods", None))

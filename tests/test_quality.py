@@ -1,0 +1,73 @@
+"""The quality report's decisions (Pareto front, which row wins) and the
+`ssvq quality` argument checks. The runs themselves are measured by
+`ssvq quality`, not here: they take minutes to an hour."""
+import random
+
+import pytest
+
+from compress.quality import pareto_front, verdict
+from ssvq.cli import main
+
+
+def _front_by_sweep(rows, metric):
+    """Independent construction: sweep by bits (ties: best metric first) and
+    keep a row when its metric beats everything with fewer-or-equal bits."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["bits_per_weight"],
+                                                    -rows[i][metric]))
+    best, keep = float("-inf"), []
+    for i in order:
+        if rows[i][metric] > best:
+            keep.append(i)
+            best = rows[i][metric]
+    return keep
+
+
+def test_pareto_front_by_hand():
+    rows = [dict(bits_per_weight=32.0, acc=1.00), dict(bits_per_weight=2.0, acc=0.90),
+            dict(bits_per_weight=2.1, acc=0.85), dict(bits_per_weight=3.0, acc=0.97),
+            dict(bits_per_weight=4.0, acc=0.96), dict(bits_per_weight=1.3, acc=0.50),
+            dict(bits_per_weight=8.0, acc=None)]
+    # 2.1 b loses to 2.0 b, 4.0 b loses to 3.0 b; the row without a metric is left out
+    assert pareto_front(rows, "acc") == [5, 1, 3, 0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pareto_front_matches_a_sweep(seed):
+    rnd = random.Random(seed)
+    rows = [dict(bits_per_weight=rnd.choice([1.3, 2.0, 2.1, 3.0, 4.0, 8.0]) + rnd.random() / 1e3,
+                 acc=rnd.random()) for _ in range(rnd.randint(1, 30))]
+    assert pareto_front(rows, "acc") == _front_by_sweep(rows, "acc")
+
+
+def test_verdict():
+    s = dict(method="ssvq", mean_cosine=0.94, min_cosine=0.82, pearson=0.95)
+    assert verdict(s, dict(method="vq", config="vq-k256-d4", mean_cosine=0.90, min_cosine=0.80,
+                           pearson=0.91)) == ("SSVQ wins", ["mean_cosine", "min_cosine",
+                                                            "pearson"])
+    assert verdict(s, dict(method="int4", mean_cosine=0.95, min_cosine=0.83,
+                           pearson=0.96)) == ("int4 wins", [])
+    assert verdict(s, dict(method="int3", mean_cosine=0.93, min_cosine=0.85,
+                           pearson=0.94)) == ("mixed", ["mean_cosine", "pearson"])
+    assert verdict(s, dict(s, method="x")) == ("a tie", [])
+    assert verdict(dict(accuracy=0.97), dict(method="int3", accuracy=0.96),
+                   metrics=("accuracy",)) == ("SSVQ wins", ["accuracy"])
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--model", "minilm", "--budget-minutes", "0"], "--budget-minutes"),
+    (["--model", "minilm", "--methods", "ssvq-k999"], "--methods"),
+    (["--model", "digits", "--methods", "ssvq-k256-d8"], "--methods"),
+])
+def test_bad_quality_arguments_exit_2_without_output(tmp_path, capsys, argv, field):
+    out = tmp_path / "q"
+    assert main(["quality", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert field in err
+    assert not out.exists()
+
+
+def test_methods_error_names_the_choices(tmp_path, capsys):
+    assert main(["quality", "--model", "minilm", "--methods", "int5",
+                 "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "int5" in err and "ssvq-k256-d8" in err and "vq-k256-d4" in err
