@@ -235,6 +235,9 @@ def _digits_int_accuracy(imgs, xte, yte) -> float:
     return float((h.argmax(1) == yte).mean())
 
 
+SPREAD_SEEDS = (1, 2)
+
+
 def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
     from compress.models import accuracy, digits_data, load_model
     t_all = time.perf_counter()
@@ -249,10 +252,12 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
     # images), fewer if the budget is tight
     steps = 2000 if budget_minutes >= 5 else max(200, int(2000 * budget_minutes / 5))
 
-    def batches(i, bs=64):
-        g = torch.Generator().manual_seed(seed * 1000003 + i)
-        idx = torch.randint(0, len(X), (bs,), generator=g)
-        return X[idx], Y[idx]
+    def batches_for(s):
+        def batches(i, bs=64):
+            g = torch.Generator().manual_seed(s * 1000003 + i)
+            idx = torch.randint(0, len(X), (bs,), generator=g)
+            return X[idx], Y[idx]
+        return batches
 
     def loss_fn(m, b):
         return nn.functional.cross_entropy(m(b[0]), b[1])
@@ -286,7 +291,7 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
         qm = QuantizedModel(base, spec)
         res = None
         if trained:
-            res = fit(qm, loss_fn, batches, steps=steps, lr=1e-3,
+            res = fit(qm, loss_fn, batches_for(seed), steps=steps, lr=1e-3,
                       lr_groups={"latent_lr": DIGITS_LATENT_LR}, progress=None)
         acc, imgs = evaluate(qm, cfg)
         row = {"method": method, "config": label, "trained": trained,
@@ -327,6 +332,19 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
             spec = (VQ if method == "vq" else SSVQ)(k=k, d=d, seed=seed)
             for trained in (False, True):
                 one(method, spec, cfg, trained, f"K={k} D={d}")
+    # the headline rows (trained SSVQ at <= 2.1 bits) again with other seeds
+    # (k-means initialisation and batch order): one seed could be luck
+    for row in [r for r in rows if r["method"] == "ssvq" and r["trained"]
+                and r.get("codes") == "fixed" and r["bits_per_weight"] <= 2.1]:
+        accs = [row["accuracy"]]
+        for s in SPREAD_SEEDS:
+            qm = QuantizedModel(base, SSVQ(k=row["k"], d=row["d"], seed=s))
+            fit(qm, loss_fn, batches_for(s), steps=steps, lr=1e-3,
+                lr_groups={"latent_lr": DIGITS_LATENT_LR}, progress=None)
+            accs.append(accuracy(qm.to_float(), xte, yte))
+        row["accuracy_seeds"] = accs
+        _say(f"  ssvq   {row['config']:14s} seeds {[seed, *SPREAD_SEEDS]}: accuracy "
+             + ", ".join(f"{a:.4f}" for a in accs))
     # codes re-assigned on a schedule, against the fixed-code default
     for k, d in [(8, 4), (4, 8)]:
         one("ssvq", SSVQ(k=k, d=d, seed=seed, codes="reassign", reassign_every=100),
@@ -431,8 +449,16 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
                   f"row at <= 2.1 bits/weight: " + ", ".join(
                       f"{r['config']} {r['bits_per_weight']:.2f} b -> {r['accuracy']:.4f}"
                       for r in good if r["method"] == "ssvq" and r["trained"]
-                      and r.get("codes") == "fixed" and r["bits_per_weight"] <= 2.1) + ".", "",
-                  "SSVQ cannot reach 1 bit/weight: the sign bit alone costs 1 bit per weight, "
+                      and r.get("codes") == "fixed" and r["bits_per_weight"] <= 2.1) + ".", ""]
+        spread = [r for r in good if r.get("accuracy_seeds")]
+        if spread:
+            lines += [f"Seed spread (k-means initialisation and batch order; seeds 0, "
+                      f"{', '.join(map(str, SPREAD_SEEDS))}), trained SSVQ at <= 2.1 bits/weight: "
+                      + "; ".join(f"{r['config']}: " + ", ".join(
+                          f"{a:.4f}" for a in r["accuracy_seeds"]) + f" (worst "
+                          f"{100 * (min(r['accuracy_seeds']) - fp32):+.2f} points against fp32)"
+                          for r in spread) + ".", ""]
+        lines += ["SSVQ cannot reach 1 bit/weight: the sign bit alone costs 1 bit per weight, "
                   "plus the 16-bit row scales and the codebook (a large share on layers this "
                   "small), so its lowest point here is about 1.3 bits/weight.", ""]
     s3 = [r for r in good if r["method"] == "ssvq" and r["trained"] and r.get("codes") == "fixed"
