@@ -211,6 +211,21 @@ def _check_golden(imgs) -> bool:
     return all(bool((integer_forward(im) == golden_outputs(im)).all()) for im in imgs)
 
 
+def _check_rtl(image_dir: Path, out_dir: Path, simulator: str) -> dict:
+    """The generated Verilog run on the first layer of each shape of a
+    written image set: outputs, cycles and counters against the golden
+    model (sim.runner, the same check as `ssvq sim`)."""
+    from compress.image import read_images
+    from sim.runner import simulate_images
+    from ssvq.demo import pick_layers
+    names = pick_layers(read_images(image_dir).manifest["layers"], all_layers=False)
+    _say(f"  RTL check: {len(names)} layer(s) (one per shape) of {image_dir} on {simulator}")
+    res = simulate_images(image_dir, names, simulator, seed=1, out_dir=out_dir,
+                          progress=lambda m: None)
+    return {"rtl_simulator": simulator, "rtl_layers": names,
+            "rtl_bit_exact": bool(res["all_passed"])}
+
+
 # ================================================================== digits
 DIGITS_POINTS = {   # (k, d) per target: about 1, 1.5, 2 and 3 bits/weight on the 64-128-64-10 MLP
     "vq": [(8, 4), (32, 4), (64, 4), (128, 4)],
@@ -316,6 +331,7 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
                                                      "trained": True, "k": spec.k,
                                                      "d": spec.d})
                     row["images"] = str(d.relative_to(out))
+                    row.update(_check_rtl(d, out / "rtl" / f"ssvq-k{spec.k}-d{spec.d}", "icarus"))
         if res is not None:
             row["steps"] = res.steps
         add(row, t0)
@@ -437,7 +453,10 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
         "`accuracy`: exported (dequantized) weights, float activations. `accuracy_int8_act`: "
         "every layer through compress.quantize.integer_forward on its exported image "
         "(int8 activations, integer requantization: the accelerator's arithmetic). "
-        "`golden_bit_exact`: integer_forward equals sim.golden.outputs on every exported image.",
+        "`golden_bit_exact`: integer_forward equals sim.golden.outputs on every exported image. "
+        "`rtl_bit_exact` (trained SSVQ rows with images): the generated Verilog, simulated on "
+        "Icarus on the first layer of each shape, gives the golden outputs, cycles and "
+        "counters (details in `rtl/`).",
         "",
     ]
     if best:
@@ -475,7 +494,7 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
                   f"every method within about 0.5 points of fp32 is within two test images "
                   f"of it; this model is too easy to separate them.", ""]
     cols = ["method", "config", "trained", "bits_per_weight", "accuracy", "accuracy_int8_act",
-            "golden_bit_exact", "seconds"]
+            "golden_bit_exact", "rtl_bit_exact", "seconds"]
     lines += ["## All rows", "", table(good, cols), ""]
     skipped = [r for r in rows if r.get("skipped")]
     for r in skipped:
@@ -871,6 +890,7 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
             write_images(d, cfg, imgs, meta={"model": "minilm", "method": "ssvq",
                                              "trained": True, "k": cfg.k, "d": cfg.d})
             row["images"] = str(d.relative_to(out))
+            row.update(_check_rtl(d, out / "rtl" / key, "verilator"))
         add(row, t0)
         del qm
     _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
@@ -1020,7 +1040,10 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
                              f"({100 * r['signs_changed'] / r['signs']:.2f}%) differ from "
                              f"the original weights' signs at the end; images in "
                              f"`{r['images']}`, integer forward == golden model on every "
-                             f"layer: {r['golden_bit_exact']}.")
+                             f"layer: {r['golden_bit_exact']}; generated Verilog on "
+                             f"{r.get('rtl_simulator')} (layers {', '.join(r.get('rtl_layers', []))}"
+                             f"; outputs, cycles and counters against the golden model, in "
+                             f"`rtl/`): {'bit-exact' if r.get('rtl_bit_exact') else 'FAILED'}.")
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
     (out / "summary.partial.json").unlink(missing_ok=True)
