@@ -125,6 +125,17 @@ def _check_result(r: dict, path: Path, lc: LayerCost) -> dict:
 
 
 # ------------------------------------------------------------------------ core
+def _sim_fields(chk: dict | None, cycles_model: int, prefix: str = "") -> dict:
+    """One image set's simulation columns of a layer row (None: not simulated)."""
+    sim = chk is not None
+    return {prefix + "simulated": sim,
+            prefix + "bit_exact": chk["bit_exact"] if sim else None,
+            prefix + "cycles_rtl": chk["cycles_rtl"] if sim else None,
+            prefix + "cycles_model": cycles_model,
+            prefix + "stall_rtl": chk["stall"] if sim else None,
+            prefix + "model_matches_rtl": not chk["mismatches"] if sim else None}
+
+
 def _layer_list(imageset, where: str) -> list[dict]:
     entries = imageset.manifest["layers"]
     names = [e["name"] for e in entries]
@@ -203,19 +214,9 @@ def build_summary(images_dir, sim_dir=None, baseline_images_dir=None,
         bcyc = bchk["cycles_rtl"] if use_rtl else bl.cycles
         sel_cycles += cyc
         sel_base += bcyc
+        row.update(_sim_fields(chk, lc.cycles))
+        row.update(_sim_fields(bchk, bl.cycles, "baseline_"))
         row.update(
-            simulated=chk is not None,
-            bit_exact=None if chk is None else chk["bit_exact"],
-            cycles_rtl=None if chk is None else chk["cycles_rtl"],
-            cycles_model=lc.cycles,
-            stall_rtl=None if chk is None else chk["stall"],
-            model_matches_rtl=None if chk is None else not chk["mismatches"],
-            baseline_simulated=bchk is not None,
-            baseline_bit_exact=None if bchk is None else bchk["bit_exact"],
-            baseline_cycles_rtl=None if bchk is None else bchk["cycles_rtl"],
-            baseline_cycles_model=bl.cycles,
-            baseline_stall_rtl=None if bchk is None else bchk["stall"],
-            baseline_model_matches_rtl=None if bchk is None else not bchk["mismatches"],
             speedup=bcyc / cyc,
             speedup_model=lcmp.speedup,
             cycles_source="rtl" if use_rtl else "model",
