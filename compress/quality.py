@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import sys
 import sysconfig
 import time
 import zlib
@@ -216,8 +217,7 @@ def _check_rtl(image_dir: Path, out_dir: Path, simulator: str) -> dict:
     written image set: outputs, cycles and counters against the golden
     model (sim.runner, the same check as `ssvq sim`)."""
     from compress.image import read_images
-    from sim.runner import simulate_images
-    from ssvq.demo import pick_layers
+    from sim.runner import pick_layers, simulate_images
     names = pick_layers(read_images(image_dir).manifest["layers"], all_layers=False)
     _say(f"  RTL check: {len(names)} layer(s) (one per shape) of {image_dir} on {simulator}")
     res = simulate_images(image_dir, names, simulator, seed=1, out_dir=out_dir,
@@ -277,6 +277,10 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
     def loss_fn(m, b):
         return nn.functional.cross_entropy(m(b[0]), b[1])
 
+    def train(qm, s):
+        return fit(qm, loss_fn, batches_for(s), steps=steps, lr=1e-3,
+                   lr_groups={"latent_lr": DIGITS_LATENT_LR}, progress=None)
+
     def calib_run(m):
         m(torch.from_numpy(xtr))
 
@@ -306,8 +310,7 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
         qm = QuantizedModel(base, spec)
         res = None
         if trained:
-            res = fit(qm, loss_fn, batches_for(seed), steps=steps, lr=1e-3,
-                      lr_groups={"latent_lr": DIGITS_LATENT_LR}, progress=None)
+            res = train(qm, seed)
         acc, imgs = evaluate(qm, cfg)
         row = {"method": method, "config": label, "trained": trained,
                "bits_per_weight": qm.bits(cfg)["bits_per_weight"], "accuracy": acc,
@@ -355,8 +358,7 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
         accs = [row["accuracy"]]
         for s in SPREAD_SEEDS:
             qm = QuantizedModel(base, SSVQ(k=row["k"], d=row["d"], seed=s))
-            fit(qm, loss_fn, batches_for(s), steps=steps, lr=1e-3,
-                lr_groups={"latent_lr": DIGITS_LATENT_LR}, progress=None)
+            train(qm, s)
             accs.append(accuracy(qm.to_float(), xte, yte))
         row["accuracy_seeds"] = accs
         _say(f"  ssvq   {row['config']:14s} seeds {[seed, *SPREAD_SEEDS]}: accuracy "
@@ -1060,8 +1062,14 @@ def quality_cmd(args) -> int:
             raise UserError("--methods: only for --model minilm (the digits run trains every "
                             "row in a few minutes)")
         out.mkdir(parents=True, exist_ok=True)
-        run_digits(out, budget)
+        res = run_digits(out, budget)
     else:
-        run_minilm(out, budget, getattr(args, "methods", None))
+        res = run_minilm(out, budget, getattr(args, "methods", None))
     _say(f"report: {out / 'report.md'}")
+    failed = [f"{r['method']} {r.get('config', '')}".strip() for r in res["rows"]
+              if r.get("golden_bit_exact") is False or r.get("rtl_bit_exact") is False]
+    if failed:
+        print(f"ssvq quality: exported images not bit-exact against the golden model / RTL: "
+              f"{', '.join(failed)} (see {out / 'report.md'})", file=sys.stderr)
+        return 1
     return 0

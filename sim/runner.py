@@ -307,6 +307,18 @@ def layer_dir_name(entry: dict) -> str:
     return Path(entry["dir"]).name
 
 
+def pick_layers(entries: list[dict], all_layers: bool) -> list[str]:
+    """Every layer, or the first layer of each distinct (rows, cols) shape."""
+    if all_layers:
+        return [e["name"] for e in entries]
+    seen, names = set(), []
+    for e in entries:
+        if (e["rows"], e["cols"]) not in seen:
+            seen.add((e["rows"], e["cols"]))
+            names.append(e["name"])
+    return names
+
+
 def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                     stall_prob=0.0, latency=0, out_dir="build/sim/out", progress=print,
                     build_root="build/sim", prepared=None, overlap=False) -> dict:

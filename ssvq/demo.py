@@ -12,24 +12,12 @@ def _say(msg: str, t0: float):
     print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
 
-def pick_layers(entries: list[dict], all_layers: bool) -> list[str]:
-    """Every layer, or the first layer of each distinct (rows, cols) shape."""
-    if all_layers:
-        return [e["name"] for e in entries]
-    seen, names = set(), []
-    for e in entries:
-        if (e["rows"], e["cols"]) not in seen:
-            seen.add((e["rows"], e["cols"]))
-            names.append(e["name"])
-    return names
-
-
 def demo_cmd(args) -> int:
     from compress.image import read_images
     from compress.run import compress_model
     from hw.verilog import generate, lint
     from sim.report import write_report
-    from sim.runner import simulate_images
+    from sim.runner import pick_layers, simulate_images
 
     t0 = time.time()
     work, out = Path(args.work), Path(args.out)

@@ -71,3 +71,15 @@ def test_methods_error_names_the_choices(tmp_path, capsys):
                  "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err
     assert "int5" in err and "ssvq-k256-d8" in err and "vq-k256-d4" in err
+
+
+@pytest.mark.parametrize("field", ["golden_bit_exact", "rtl_bit_exact"])
+def test_a_failed_bit_exactness_check_fails_the_command(tmp_path, monkeypatch, capsys, field):
+    import compress.quality as q
+    rows = [dict(method="fp32", config=""), dict(method="ssvq", config="K=8 D=4",
+                                                 golden_bit_exact=True, rtl_bit_exact=True)]
+    monkeypatch.setattr(q, "run_digits", lambda out, budget: {"rows": rows})
+    assert main(["quality", "--model", "digits", "--out", str(tmp_path / "q")]) == 0
+    rows[1][field] = False
+    assert main(["quality", "--model", "digits", "--out", str(tmp_path / "q")]) == 1
+    assert "ssvq K=8 D=4" in capsys.readouterr().err
