@@ -1,77 +1,113 @@
-"""Bit-exact reference for the accelerator's datapath and its timing.
+"""Golden model of the accelerator: what it outputs (ssvq.reference) and when.
 
-`outputs` works from a decoded image only, the way the hardware does; the
-compressor's own integer forward (compress.quantize) is a separate computation
-that tests hold equal to it.
+`timing` is a cycle model of the loader's two state machines and the gearbox
+(hw/loader.py, hw/gearbox.py; docs/ARCH.md says the same in prose) with no stalls
+on either side: it gives the cycle of every output beat and the final value of
+every performance counter. The pipeline depth is the sum of the components'
+declared latencies (hw.accel.PIPELINE_DEPTH), not a number kept here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from compress.image import LayerImage
-from hw.config import COUNTERS, ISSUE_TO_BEAT, OUT_BITS, AccelConfig  # noqa: F401 (COUNTERS re-exported)
+from hw.accel import PIPELINE_DEPTH
+from hw.loader import SectionLoader
+from ssvq.config import (ACT_BITS, COUNTERS, HEADER_BITS, PARAM_BITS, AccelConfig,
+                         LayerConfig)
+from ssvq.reference import output_beats, outputs  # noqa: F401 (the golden values)
+
+DECODE_CYCLES = SectionLoader.DECODE_CYCLES
 
 
-
-def requantize(acc: np.ndarray, bias, mult, shift) -> np.ndarray:
-    """int8 = saturate(floor(((acc + bias) * mult + 2**(shift-1)) / 2**shift))."""
-    acc = np.asarray(acc, np.int64) + np.asarray(bias, np.int64)
-    shift = np.asarray(shift, np.int64)
-    y = (acc * np.asarray(mult, np.int64) + (np.int64(1) << (shift - 1))) >> shift
-    return np.clip(y, -128, 127).astype(np.int8)
-
-
-def accumulate(img: LayerImage) -> np.ndarray:
-    return img.weight_matrix() @ img.act.astype(np.int64)
-
-
-def outputs(img: LayerImage) -> np.ndarray:
-    return requantize(accumulate(img), img.bias, img.mult, img.shift)
-
-
-def output_beats(y: np.ndarray, cfg: AccelConfig) -> list[int]:
-    """Output stream words: BUS/8 outputs per beat, row 0 in the low byte, the
-    last beat padded with zero bytes."""
-    per = cfg.bus // OUT_BITS
-    b = np.zeros(cfg.out_beats(len(y)) * per, np.uint8)
-    b[: len(y)] = y.view(np.uint8)
-    return [int.from_bytes(b[i:i + per].tobytes(), "little") for i in range(0, len(b), per)]
-
-
-@dataclass
+@dataclass(frozen=True)
 class Timing:
-    out_cycles: list[int]        # cycle (header beat = cycle 0) each output beat is accepted
-    counters: dict[str, int]
+    out_cycles: tuple      # cycle (first header beat accepted = cycle 0) of each output beat
+    counters: dict         # final performance counters
+    weight_cycles: int     # cycles from the first to the last weight beat accepted, both in
+
+    @property
+    def bus_utilisation(self) -> float:
+        """Weight beats per cycle of the weight phase."""
+        return self.counters["weights"] / max(1, self.weight_cycles)
 
 
-def timing(cfg: AccelConfig, mode: str, rows: int, cols: int) -> Timing:
-    """Cycle of every output beat and final counters with no stalls on either side.
+def timing(cfg: AccelConfig, lc: LayerConfig, rows: int, cols: int) -> Timing:
+    return _timing(cfg, lc, rows, cols)
 
-    Load sections take one beat per cycle after the header. Weight block i is
-    handed to the compute register at x_i = s + B + i*max(B, N), its groups issue
-    on the N following cycles, and a row's output is in a valid beat
-    ISSUE_TO_BEAT cycles after its last group issues.
-    """
-    geo = cfg.mode(mode)
-    g = cfg.groups_per_row(cols)
-    nb = cfg.weight_blocks(mode, rows, cols)
-    loads = cfg.codebook_beats(mode) + cfg.param_beats(rows) + cfg.act_beats(cols)
-    s = 1 + loads
-    b, n = geo.beats, geo.groups
-    last_group = np.arange(rows, dtype=np.int64) * g + g - 1
-    issue = s + b + (last_group // n) * max(b, n) + 1 + last_group % n
-    per = cfg.bus // OUT_BITS
-    last_row_in_beat = np.minimum(np.arange(cfg.out_beats(rows)) * per + per - 1, rows - 1)
-    out_cycles = (issue[last_row_in_beat] + ISSUE_TO_BEAT).tolist()
-    counters = {
-        "cycles": out_cycles[-1] + 1, "stall": 0, "header": 1,
-        "codebook": cfg.codebook_beats(mode), "params": cfg.param_beats(rows),
-        "acts": cfg.act_beats(cols),
-        "codes": nb * geo.primary_beats if mode != "int8" else 0,
-        "signs": nb * geo.sign_beats,
-        "weights": nb * geo.primary_beats if mode == "int8" else 0,
-        "out": cfg.out_beats(rows),
-    }
-    return Timing(out_cycles, counters)
+
+@lru_cache(maxsize=4096)
+def _timing(cfg: AccelConfig, lc: LayerConfig, rows: int, cols: int) -> Timing:
+    cfg.check_layer(lc, rows, cols)
+    geo = cfg.geometry(lc, rows, cols)
+    bus = cfg.bus
+    cap = cfg.max_record_bits + 2 * bus
+    order = [s for s in ("codebook", "params", "acts", "weights") if geo.beats[s]]
+    width = {"idle": HEADER_BITS, "codebook": geo.record_bits["codebook"], "params": PARAM_BITS,
+             "acts": cfg.mults * ACT_BITS, "weights": geo.group_bits}
+    records = geo.records
+    g = geo.groups_per_row
+
+    counters = {c: 0 for c in COUNTERS}
+    level = 0
+    in_phase, in_left = "header", geo.beats["header"]
+    phase, left, bitpos, dcnt = "idle", 1, 0, 0
+    takes = np.zeros(rows * g, np.int64)     # take cycle of every weight group
+    taken = 0
+    first_w = last_w = None
+    n = 0
+    while True:
+        # ---- combinational: input accept, record take
+        accept = in_phase not in ("wait", "done") and level + bus <= cap
+        take = phase in width and level >= width[phase]
+        consume = 0
+        last = phase == "idle" or left == 1
+        if take:
+            w = width[phase]
+            nxt = (bitpos + w) % bus
+            consume = w + ((-nxt) % bus if last else 0)
+        # ---- registered updates
+        if accept:
+            counters[in_phase] += 1
+            if in_phase == "weights":
+                first_w = n if first_w is None else first_w
+                last_w = n
+            in_left -= 1
+            if in_left == 0:
+                i = order.index(in_phase) + 1 if in_phase in order else None
+                if in_phase == "header":
+                    in_phase = "wait"
+                elif i < len(order):
+                    in_phase, in_left = order[i], geo.beats[order[i]]
+                else:
+                    in_phase = "done"
+        if phase == "decode":
+            if dcnt == DECODE_CYCLES - 1:
+                phase, left, bitpos = order[0], records[order[0]], 0
+                in_phase, in_left = order[0], geo.beats[order[0]]
+            dcnt += 1
+        elif take:
+            bitpos = 0 if last else nxt
+            left -= 1
+            if phase == "idle":
+                phase, dcnt = "decode", 0
+            else:
+                if phase == "weights":
+                    takes[taken] = n
+                    taken += 1
+                if left == 0:
+                    i = order.index(phase) + 1
+                    if i < len(order):
+                        phase, left = order[i], records[order[i]]
+                    else:
+                        break
+        level += (bus if accept else 0) - consume
+        n += 1
+    per = bus // 8
+    last_row = np.minimum(np.arange(cfg.out_beats(rows)) * per + per - 1, rows - 1)
+    out_cycles = takes[last_row * g + g - 1] + PIPELINE_DEPTH
+    counters["out"] = cfg.out_beats(rows)
+    counters["cycles"] = int(out_cycles[-1]) + 1
+    return Timing(tuple(int(c) for c in out_cycles), counters, last_w - first_w + 1)

@@ -1,0 +1,156 @@
+"""Weight decoders, one per mode family. Both take the issued group record
+(stage 1) and deliver `mults` signed weights three cycles later, so the MAC
+array sees one group per cycle whatever the mode.
+
+IntDecode: element e of an int-b group is bits e*b .. e*b+b-1, two's complement
+(b = 1: 0 is +1, 1 is -1).
+
+CodebookDecode (vq, ssvq, additive): the record is [signs (ssvq: mults bits)]
+then L*m slots s = l*m + i of (code, coefficient), F = code_bits + coef_bits bits
+each. Lane l's vector is sum_i coef(l, i) * codebook_i[code(l, i)] (coefficient 1
+without coefficient bits), negated per element where its sign bit is set.
+  A: slot fields picked at stride F, codes to the codebook read ports
+  B: codewords read; each element picks its lane's word and element j
+  C: coefficient products summed, sign applied
+"""
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.memories import RecordMemory
+from ssvq.config import CW_BITS, AccelConfig, Mode, log2
+
+
+class IntDecode(wiring.Component):
+    LATENCY = 3
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        super().__init__({"en": In(1), "grp": In(max(cfg.max_group_bits, 1)), "bits": In(8),
+                          "w": Out(signed(cfg.weight_bits)).array(cfg.mults)})
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        for e in range(cfg.mults):
+            v = Signal(signed(8), name=f"int_w{e}")
+            with m.Switch(self.bits):
+                for b in cfg.int_bits:
+                    with m.Case(b):
+                        f = self.grp[e * b:(e + 1) * b]
+                        m.d.comb += v.eq(Mux(f[0], -1, 1) if b == 1 else f.as_signed())
+            stage = v
+            for s in range(self.LATENCY):
+                nxt = Signal(signed(8), name=f"int_w{e}_s{s}")
+                with m.If(self.en):
+                    m.d.sync += nxt.eq(stage)
+                stage = nxt
+            m.d.comb += self.w[e].eq(stage)
+        return m
+
+
+class CodebookDecode(wiring.Component):
+    LATENCY = 3
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        cb = cfg.d_max * CW_BITS
+        super().__init__({
+            "en": In(1), "grp": In(max(cfg.max_group_bits, 1)),
+            "mode": In(8), "code_bits": In(8), "coef_bits": In(8), "log2_d": In(8), "m": In(8),
+            # codebook writes from the loader
+            "w_en": In(cfg.m_max), "w_addr": In(range(cfg.kmax)), "w_data": In(cb),
+            "w": Out(signed(cfg.weight_bits)).array(cfg.mults),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        lanes, mm, mults = cfg.lanes_max, cfg.m_max, cfg.mults
+        cmax, cbmax = cfg.code_bits_max, cfg.coef_bits_max
+        en = self.en
+        mems = []
+        for i in range(mm):
+            mem = RecordMemory(cfg.d_max * CW_BITS, cfg.kmax, read_ports=lanes)
+            m.submodules[f"codebook{i}"] = mem
+            m.d.comb += [mem.w_en.eq(self.w_en[i]), mem.w_addr.eq(self.w_addr),
+                         mem.w_data.eq(self.w_data), mem.r_en.eq(en)]
+            mems.append(mem)
+        is_ssvq = self.mode == Mode.SSVQ
+        grp = self.grp
+        nslots = lanes * mm
+
+        # A: slot fields at stride F after the signs
+        body = Signal(len(grp))
+        m.d.comb += body.eq(Mux(is_ssvq, grp >> mults, grp))
+        fwidth = self.code_bits + self.coef_bits
+        fmax = cmax + cbmax
+        slots = []
+        for s in range(nslots):
+            f = Signal(fmax, name=f"slot{s}")
+            with m.Switch(fwidth):
+                for w in range(1, fmax + 1):
+                    if (s + 1) * w <= len(body):
+                        with m.Case(w):
+                            m.d.comb += f.eq(body[s * w:(s + 1) * w])
+            slots.append(f)
+        code = [[Signal(max(cmax, 1), name=f"code{lane}_{i}") for i in range(mm)]
+                for lane in range(lanes)]
+        coef = [[Signal(signed(cbmax + 2), name=f"coef{lane}_{i}") for i in range(mm)]
+                for lane in range(lanes)]
+        for lane in range(lanes):
+            for i in range(mm):
+                # m = 1: slot l is lane l; m = 2: slot 2l + i
+                f1 = slots[lane] if i == 0 else 0
+                f2 = slots[2 * lane + i] if mm == 2 else 0
+                f = Signal(fmax, name=f"field{lane}_{i}")
+                m.d.comb += f.eq(Mux(self.m == 2, f2, f1))
+                m.d.comb += code[lane][i].eq(f & ((1 << self.code_bits) - 1))
+                raw = Signal(max(cbmax, 1), name=f"rawcoef{lane}_{i}")
+                m.d.comb += raw.eq(f >> self.code_bits)
+                cv = Signal(signed(cbmax + 2), name=f"cv{lane}_{i}")
+                with m.Switch(self.coef_bits):
+                    with m.Case(0):
+                        m.d.comb += cv.eq(Mux((i == 0) | (self.m == 2), 1, 0))
+                    for cbits in range(1, cbmax + 1):
+                        with m.Case(cbits):
+                            m.d.comb += cv.eq(Mux((i == 0) | (self.m == 2),
+                                                  raw[:cbits].as_signed(), 0))
+                with m.If(en):
+                    m.d.sync += coef[lane][i].eq(cv)
+                m.d.comb += mems[i].r_addr[lane].eq(code[lane][i])
+        sign_b = Signal(mults)
+        with m.If(en):
+            m.d.sync += sign_b.eq(Mux(is_ssvq, grp[:mults], 0))
+
+        # B: each element picks its lane's codeword element (and coefficient)
+        cw_c = [[Signal(signed(9), name=f"cw{e}_{i}") for i in range(mm)] for e in range(mults)]
+        coef_c = [[Signal(signed(cbmax + 2), name=f"ce{e}_{i}") for i in range(mm)]
+                  for e in range(mults)]
+        sign_c = Signal(mults)
+        with m.If(en):
+            m.d.sync += sign_c.eq(sign_b)
+        for e in range(mults):
+            for i in range(mm):
+                cw = Signal(8, name=f"cwsel{e}_{i}")
+                ce = Signal(signed(cbmax + 2), name=f"cesel{e}_{i}")
+                with m.Switch(self.log2_d):
+                    for d in cfg.d_set:
+                        lane, j = e // d, e % d
+                        if lane < lanes:
+                            with m.Case(log2(d)):
+                                m.d.comb += [cw.eq(mems[i].r_data[lane].word_select(j, CW_BITS)),
+                                             ce.eq(coef[lane][i])]
+                with m.If(en):
+                    m.d.sync += [cw_c[e][i].eq(Mux(is_ssvq, cw, cw.as_signed())),
+                                 coef_c[e][i].eq(ce)]
+
+        # C: sum of the coefficient products, sign applied
+        for e in range(mults):
+            v = Signal(signed(cfg.weight_bits), name=f"cbsum{e}")
+            m.d.comb += v.eq(sum(coef_c[e][i] * cw_c[e][i] for i in range(mm)))
+            w = Signal(signed(cfg.weight_bits), name=f"cb_w{e}")
+            with m.If(en):
+                m.d.sync += w.eq(Mux(sign_c[e], -v, v))
+            m.d.comb += self.w[e].eq(w)
+        return m

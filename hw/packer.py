@@ -1,0 +1,53 @@
+"""Output packer: saturates each row's value to int8 and packs bus/8 rows per
+output beat (row 0 in the low byte; the layer's last beat zero-padded). Owns the
+output stream's valid register; `en` low (the beat is waiting) freezes the
+pipeline behind it."""
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ssvq.config import OUT_BITS, AccelConfig
+
+
+class OutputPacker(wiring.Component):
+    LATENCY = 1
+
+    def __init__(self, cfg: AccelConfig, value_bits: int):
+        self.cfg = cfg
+        super().__init__({
+            "valid": In(1), "value": In(signed(value_bits)), "lastrow": In(1),
+            "start": In(1),                     # a new layer: start an empty beat
+            "o_stream": Out(stream.Signature(cfg.bus)),
+            "en": Out(1), "layer_done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        bus = self.cfg.bus
+        per = bus // OUT_BITS
+        m = Module()
+        o = self.o_stream
+        o_last = Signal()
+        m.d.comb += [self.en.eq(~(o.valid & ~o.ready)),
+                     self.layer_done.eq(o.valid & o.ready & o_last)]
+        y = Signal(signed(OUT_BITS))
+        v = self.value
+        m.d.comb += y.eq(Mux(v > 127, 127, Mux(v < -128, -128, v)))
+        pack = Signal(bus)
+        idx = Signal(range(per))
+        packed = Signal(bus)
+        m.d.comb += packed.eq(pack)
+        with m.Switch(idx):
+            for i in range(per):
+                with m.Case(i):
+                    m.d.comb += packed.word_select(i, OUT_BITS).eq(y)
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(self.en & self.valid):
+            with m.If((idx == per - 1) | self.lastrow):
+                m.d.sync += [o.valid.eq(1), o.payload.eq(packed), o_last.eq(self.lastrow),
+                             pack.eq(0), idx.eq(0)]
+            with m.Else():
+                m.d.sync += [pack.eq(packed), idx.eq(idx + 1)]
+        with m.If(self.start):
+            m.d.sync += [pack.eq(0), idx.eq(0)]
+        return m
