@@ -43,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-from hw.config import AccelConfig, ConfigError
+from ssvq.config import AccelConfig
 
 TOP = "ssvq_accel"
 WRAPPER = "ssvq_accel_pnr"
@@ -358,35 +358,3 @@ def synthesize(cfg: AccelConfig, out_dir, device: str = "auto", package: str = "
     os.replace(tmp, out / "synth.json")
     progress(f"synth: wrote {out / 'synth.json'} ({summary['wall_s']['total']:.0f} s)")
     return summary
-
-
-def synth_cmd(args) -> int:
-    """`ssvq synth [--config CONFIG.json] --out DIR` (default config when no --config)."""
-    from ssvq.cli import UserError
-
-    path = getattr(args, "config", None)
-    if path:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: expected a config JSON file, found no such file")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: cannot read config ({e})")
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: expected JSON, found a parse error ({e})")
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a JSON object of AccelConfig fields, "
-                            f"found {type(data).__name__}")
-        cfg = AccelConfig.from_dict(data, path)
-    else:
-        cfg = AccelConfig()
-    try:
-        s = synthesize(cfg, args.out, device=getattr(args, "device", None) or "auto",
-                       package=getattr(args, "package", None) or "CABGA381")
-    except SynthError as e:
-        raise UserError(str(e))
-    r = s["resources"]
-    print(f"{TOP}: LUT4 {r['LUT4']}, FF {r['TRELLIS_FF']}, MULT18X18D {r['MULT18X18D']}, "
-          f"DP16KD {r['DP16KD']}, DPR16X4 {r['TRELLIS_DPR16X4']}; {s['device']['part']} "
-          f"{s['device']['package']}: Fmax {s['fmax_mhz']} MHz (target {s['target_mhz']})")
-    return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hw.config import ISSUE_TO_BEAT, AccelConfig, ConfigError
+from ssvq.config import AccelConfig
 
 TOP = "ssvq_accel"
 
@@ -35,7 +35,7 @@ _MEM_INIT = re.compile(r"^  initial begin\n((?:    \w+\[\d+\] = \d+'h[0-9a-fA-F]
 def strip_memory_init(text: str) -> tuple[str, int]:
     """Removes the all-zero `initial` blocks Amaranth writes for every memory.
 
-    All three memories are loaded from the input stream at run time and never
+    All memories are loaded from the input stream at run time and never
     read before they are written, so their power-up contents are irrelevant; an
     inline block would add one line per word (thousands) to the Verilog.
     """
@@ -61,9 +61,10 @@ def generate(cfg: AccelConfig, out_dir) -> Path:
     tmp = out / f".{TOP}.v.tmp"
     tmp.write_text(text)
     os.replace(tmp, out / f"{TOP}.v")
-    params = {"top": TOP, "config": cfg.to_dict(), "lanes": cfg.lanes,
-              "issue_to_beat": ISSUE_TO_BEAT,
-              "modes": {m: vars(cfg.mode(m)) for m in ("int8", "vq", "ssvq")}}
+    from hw.accel import PIPELINE_DEPTH
+    params = {"top": TOP, "config": cfg.to_dict(), "pipeline_depth": PIPELINE_DEPTH,
+              "lanes_max": cfg.lanes_max, "weight_bits": cfg.weight_bits,
+              "max_record_bits": cfg.max_record_bits, "max_group_bits": cfg.max_group_bits}
     (out / "params.json").write_text(json.dumps(params, indent=1))
     return out / f"{TOP}.v"
 
@@ -84,23 +85,3 @@ def lint(vfile: Path) -> subprocess.CompletedProcess:
     cmd = [shutil.which("verilator", path=env["PATH"]) or "verilator", "--lint-only", "-Wall",
            *[f"-Wno-{w}" for w in LINT_WAIVERS], "--top-module", TOP, str(vfile)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
-
-
-def verilog_cmd(args) -> int:
-    from compress.image import read_images
-    from ssvq.cli import UserError
-
-    if args.images:
-        cfg = read_images(args.images).config
-    else:
-        try:
-            cfg = AccelConfig.from_dict(json.loads(Path(args.config).read_text()), args.config)
-        except FileNotFoundError:
-            raise UserError(f"{args.config}: expected a config JSON file, found no such file")
-        except json.JSONDecodeError as e:
-            raise UserError(f"{args.config}: expected JSON, found a parse error ({e})")
-        except ConfigError:
-            raise
-    v = generate(cfg, args.out)
-    print(f"wrote {v} ({v.stat().st_size // 1024} KiB) and {Path(args.out) / 'params.json'}")
-    return 0

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.config import AccelConfig
+from ssvq.config import AccelConfig
+from ssvq.errors import ConfigError, SimError
 
 REPO = Path(__file__).resolve().parents[1]
 SIMULATORS = ("icarus", "verilator")
@@ -41,10 +42,6 @@ VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
 # i_stream__ready stayed X forever. The later -g2005 wins and restores the event.
 ICARUS_ARGS = ["-g2005"]
 MAX_BUILD_JOBS = int(os.environ.get("SSVQ_BUILD_JOBS", "2"))
-
-
-class SimError(RuntimeError):
-    """The simulator could not be built or did not produce results."""
 
 
 # ------------------------------------------------------------------ simulators
@@ -89,7 +86,8 @@ def _lock(path: Path):
 
 
 def config_tag(cfg: AccelConfig) -> str:
-    return (f"k{cfg.k}_d{cfg.d}_m{cfg.mults}_b{cfg.bus}_r{cfg.max_rows}_c{cfg.max_cols}")
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"k{cfg.kmax}_m{cfg.mults}_b{cfg.bus}_{h}"
 
 
 # ----------------------------------------------------------------------- build
@@ -163,7 +161,7 @@ def _one_line(r: dict, i: int, n: int) -> str:
     why = ""
     if not r.get("passed"):
         why = ": " + (r.get("error") or "; ".join(r.get("problems", [])[:3]))
-    return (f"  [{i + 1}/{n}] {status} {r['name']} ({r['mode']} {r['rows']}x{r['cols']}): "
+    return (f"  [{i + 1}/{n}] {status} {r['name']} ({r.get('config', r['mode'])} {r['rows']}x{r['cols']}): "
             f"{r.get('cycles_rtl')} cycles (model {r.get('cycles_model')}), "
             f"{r.get('wall_seconds')} s{why}")
 
@@ -263,7 +261,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
                           text[text.rindex("Traceback"):], re.M)
             if m:
                 sim_error = f"{sim_error or 'failed'}: {m.group(1)}"
-        res = {"name": lay["name"], "mode": lay["mode"], "rows": lay["rows"],
+        res = {"name": lay["name"], "config": lay["config"], "mode": lay["mode"],
+               "rows": lay["rows"],
                "cols": lay["cols"], "simulator": simulator, "seed": int(seed),
                "stall_prob": float(stall_prob), "latency": int(latency), "passed": False,
                "bit_exact": False,
@@ -280,27 +279,34 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
 
 
 # ------------------------------------------------------------------ from images
-def prepare_images(image_dir, layer_names=None, progress=None):
-    """Reads and checks every requested layer (compress.image raises ImageError
-    naming the file and field) and computes its golden outputs and timing.
-    Returns (ImageSet, [(entry, LayerImage, beats, y, Timing)])."""
-    from compress.image import read_images
+def prepare_images(image_dir, layer_names=None, progress=None, build_cfg=None):
+    """Reads and checks every requested layer (ssvq.image raises ImageError naming
+    the file and field), checks that the build (`build_cfg`, default the images'
+    own) runs it (ConfigError otherwise), and computes its golden outputs and
+    timing. Returns (ImageSet, build config, [(entry, LayerImage, beats, y, Timing)])."""
     from sim.golden import outputs, timing
+    from ssvq.image import read_images
 
     imgs = read_images(image_dir)
+    cfg = build_cfg or imgs.config
+    if cfg.bus != imgs.config.bus:
+        raise ConfigError(f"build config: bus: expected {imgs.config.bus} (the images' bus "
+                          f"width), found {cfg.bus}")
     names = list(layer_names) if layer_names else imgs.layer_names
     prepared = []
     for i, name in enumerate(names):
         entry = imgs.entry(name)
         layer = imgs.layer(name)            # checks sizes, sha256, hex == bin, decodes
+        cfg.check_layer(layer.config, layer.rows, layer.cols,
+                        f"{imgs.root / entry['dir']}: layer {name} on this build")
         beats = imgs.beats(name)
         y = outputs(layer)
-        t = timing(imgs.config, layer.mode, layer.rows, layer.cols)
+        t = timing(cfg, layer.config, layer.rows, layer.cols)
         prepared.append((entry, layer, beats, y, t))
         if progress:
-            progress(f"checked {name} ({layer.mode} {layer.rows}x{layer.cols}, "
+            progress(f"checked {name} ({layer.config.name} {layer.rows}x{layer.cols}, "
                      f"{len(beats)} beats, {t.counters['cycles']} model cycles)")
-    return imgs, prepared
+    return imgs, cfg, prepared
 
 
 def layer_dir_name(entry: dict) -> str:
@@ -308,30 +314,30 @@ def layer_dir_name(entry: dict) -> str:
 
 
 def pick_layers(entries: list[dict], all_layers: bool) -> list[str]:
-    """Every layer, or the first layer of each distinct (rows, cols) shape."""
+    """Every layer, or the first layer of each distinct (configuration, shape)."""
     if all_layers:
         return [e["name"] for e in entries]
     seen, names = set(), []
     for e in entries:
-        if (e["rows"], e["cols"]) not in seen:
-            seen.add((e["rows"], e["cols"]))
+        key = (json.dumps(e["config"], sort_keys=True), e["rows"], e["cols"])
+        if key not in seen:
+            seen.add(key)
             names.append(e["name"])
     return names
 
 
 def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                     stall_prob=0.0, latency=0, out_dir="build/sim/out", progress=print,
-                    build_root="build/sim", prepared=None, overlap=False) -> dict:
+                    build_root="build/sim", prepared=None, overlap=False,
+                    build_cfg=None) -> dict:
     """Checks the images, computes golden results, builds the RTL, runs all
     requested layers in one simulator run, and writes
     out_dir/<layer dir>/result.json + outputs.npy and out_dir/sim_summary.json.
     Returns the summary."""
     progress = progress or (lambda *a: None)
     if prepared is None:
-        imgs, prepared = prepare_images(image_dir, layer_names, progress)
-    else:
-        imgs, prepared = prepared
-    cfg = imgs.config
+        prepared = prepare_images(image_dir, layer_names, progress, build_cfg)
+    imgs, cfg, prepared = prepared
     out_dir = Path(out_dir).resolve()
     job_dir = out_dir / "_job"
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -340,12 +346,13 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     for entry, layer, beats, y, t in prepared:
         d = layer_dir_name(entry)
         np.save(job_dir / f"{d}.expected.npy", y)
-        layers.append({"name": layer.name, "mode": layer.mode, "rows": layer.rows,
+        layers.append({"name": layer.name, "config": layer.config.name, "mode": layer.mode,
+                       "rows": layer.rows,
                        "cols": layer.cols,
                        # the stream.bin prepare_images just checked (size, sha256, decode)
                        "beats": str(imgs.root / entry["dir"] / "stream.bin"),
                        "expected": str(job_dir / f"{d}.expected.npy"),
-                       "out_cycles": t.out_cycles, "counters": t.counters,
+                       "out_cycles": list(t.out_cycles), "counters": t.counters,
                        "out_dir": str(out_dir / d)})
     t0 = time.perf_counter()
     bdir = build(cfg, simulator, build_root, progress=progress)
@@ -372,7 +379,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                    / max(1e-9, sum((r.get("wall_seconds") or 0) for r in results)), 1),
                "all_passed": all(r.get("passed") for r in results),
                "layers": [{k: r.get(k) for k in (
-                   "name", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",
+                   "name", "config", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",
                    "cycles_rtl", "cycles_model", "out_cycles_match", "counters_match",
                    "counters_rtl", "counters_model", "error", "wall_seconds")}
                    | {"dir": str(Path(l["out_dir"]).relative_to(out_dir))}

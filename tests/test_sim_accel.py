@@ -19,47 +19,62 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.image import LayerImage, write_images
-from hw.config import AccelConfig
+from ssvq.config import AccelConfig, LayerConfig
+from ssvq.image import LayerImage, write_images
+from ssvq.reference import accumulate
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_ROOT = REPO / "build" / "sim"
 
-# name -> config; max_rows/max_cols small to keep the builds quick
+# name -> build; max_rows/max_cols small to keep the builds quick
 CONFIGS = {
-    "k16d1": AccelConfig(k=16, d=1, mults=8, max_rows=256, max_cols=256),
-    "k256d8": AccelConfig(k=256, d=8, mults=32, max_rows=256, max_cols=256),
-    "k4096d16": AccelConfig(k=4096, d=16, mults=32, max_rows=256, max_cols=256),
-    "k16d4b128": AccelConfig(k=16, d=4, mults=16, bus=128, max_rows=256, max_cols=256),
-    "k4096d8": AccelConfig(k=4096, d=8, mults=16, max_rows=256, max_cols=256),
+    "small": AccelConfig(kmax=16, d_set=(1, 2, 4), mults=8, max_rows=256, max_cols=256),
+    "default": AccelConfig(max_rows=256, max_cols=256),
+    "b128": AccelConfig(kmax=16, d_set=(4,), mults=16, bus=128, max_rows=256, max_cols=256),
+    "k4096": AccelConfig(kmax=4096, d_set=(8, 16), modes=("vq", "ssvq"), m_max=1,
+                         coef_bits_max=0, mults=32, max_rows=64, max_cols=64),
 }
-VERILATOR_CONFIGS = ("k256d8", "k16d1")
+VERILATOR_CONFIGS = ("default", "small")
 CASES = ([("icarus", c) for c in CONFIGS]
          + [("verilator", c) for c in VERILATOR_CONFIGS])
 
-# (mode, rows, cols): odd shapes (not multiples of lanes, d, mults or beats)
-SHAPES = [("int8", 13, 37), ("vq", 1, 1), ("ssvq", 9, 70), ("ssvq", 13, 37),
-          ("vq", 40, 100), ("int8", 1, 1)]
-STALL_SHAPES = [("ssvq", 13, 37), ("int8", 9, 70), ("vq", 24, 51)]
+# per build: (layer config, rows, cols), every mode it has, odd shapes (not multiples of
+# lanes, d, mults or beats), back to back through one build
+SHAPES = {
+    "small": [("int8", 13, 37), ("int1", 1, 1), ("int3", 9, 70), ("int5", 4, 9),
+              ("vq-k2-d1", 5, 3), ("ssvq-k16-d4", 13, 37), ("vq-k16-d2-m2-c4", 6, 21),
+              ("ssvq-k8-d4-m2-c2", 3, 17), ("int6", 2, 8), ("int2", 3, 33), ("int4", 5, 5)],
+    "default": [("ssvq-k256-d8", 9, 70), ("int4", 13, 37), ("vq-k256-d4", 1, 1),
+                ("vq-k16-d8-m2-c4", 7, 40), ("int8", 4, 33), ("ssvq-k2-d4", 3, 65)],
+    "b128": [("int3", 7, 19), ("ssvq-k16-d4", 13, 37), ("vq-k4-d4-m2-c3", 5, 9),
+             ("int1", 3, 40)],
+    "k4096": [("ssvq-k4096-d16", 3, 40), ("vq-k4096-d8", 2, 17)],
+}
+STALL_SHAPES = {c: v[:4] for c, v in SHAPES.items()}
 
 
 # ---------------------------------------------------------------- random layers
-def random_layer(cfg: AccelConfig, mode: str, rows: int, cols: int, rng: np.random.Generator,
-                 name: str, extremes: bool = False) -> LayerImage:
-    act = rng.integers(-128, 128, cols)
-    img = LayerImage(name=name, mode=mode, rows=rows, cols=cols, bias=None, mult=None,
-                     shift=None, act=act.astype(np.int8))
-    v = -(-cols // cfg.d)
-    if mode == "int8":
-        img.weights = rng.integers(-128, 128, (rows, cols)).astype(np.int8)
+def random_layer(name: str, rows: int, cols: int, rng: np.random.Generator, lname: str,
+                 extremes: bool = False) -> LayerImage:
+    lc = LayerConfig.parse(name)
+    img = LayerImage(name=lname, config=lc, rows=rows, cols=cols, bias=None, mult=None,
+                     shift=None, act=rng.integers(-128, 128, cols).astype(np.int8))
+    if lc.mode == "int":
+        b = lc.bits
+        img.weights = (rng.choice([-1, 1], (rows, cols)) if b == 1 else
+                       rng.integers(-(1 << (b - 1)), 1 << (b - 1), (rows, cols))).astype(np.int8)
     else:
-        if mode == "ssvq":
-            img.codebook = rng.integers(0, 256, (cfg.k, cfg.d)).astype(np.uint8)
+        v = -(-cols // lc.d)
+        if lc.mode == "ssvq":
+            img.codebook = rng.integers(0, 256, (lc.m * lc.k, lc.d)).astype(np.uint8)
             img.signs = rng.integers(0, 2, (rows, cols)).astype(np.uint8)
         else:
-            img.codebook = rng.integers(-128, 128, (cfg.k, cfg.d)).astype(np.int8)
-        img.codes = rng.integers(0, cfg.k, (rows, v)).astype(np.int32)
-    acc = img.weight_matrix() @ act.astype(np.int64)
+            img.codebook = rng.integers(-128, 128, (lc.m * lc.k, lc.d)).astype(np.int8)
+        img.codes = rng.integers(0, lc.k, (rows, v, lc.m)).astype(np.int32)
+        if lc.coef_bits:
+            h = 1 << (lc.coef_bits - 1)
+            img.coefs = rng.integers(-h, h, (rows, v, lc.m)).astype(np.int8)
+    acc = accumulate(img)
     bias = rng.integers(-(1 << 12), 1 << 12, rows)
     mult = rng.integers(1, 1 << 16, rows)
     # shift so that outputs land mostly inside int8 with some saturation
@@ -79,8 +94,8 @@ def random_layer(cfg: AccelConfig, mode: str, rows: int, cols: int, rng: np.rand
 
 def make_images(tmp: Path, cfg: AccelConfig, shapes, seed: int, extremes=False) -> Path:
     rng = np.random.default_rng(seed)
-    layers = [random_layer(cfg, m, r, c, rng, f"l{i}_{m}_{r}x{c}", extremes)
-              for i, (m, r, c) in enumerate(shapes)]
+    layers = [random_layer(n, r, c, rng, f"l{i}_{n}_{r}x{c}", extremes)
+              for i, (n, r, c) in enumerate(shapes)]
     return write_images(tmp / "images", cfg, layers)
 
 
@@ -110,7 +125,8 @@ def test_modes_and_shapes(tmp_path, simulator, config):
     (counters must clear at each header), no stalls: bit-exact, and every
     output beat's cycle and every counter equal to the golden timing."""
     cfg = CONFIGS[config]
-    shapes = SHAPES + [("ssvq", cfg.max_rows, cfg.max_cols)]
+    big = "ssvq-k16-d4" if config != "k4096" else "vq-k4096-d8"
+    shapes = SHAPES[config] + [(big, cfg.max_rows // 4, cfg.max_cols)]
     images = make_images(tmp_path, cfg, shapes, seed=zlib.crc32(config.encode()))
     summary = _simulate(images, simulator, tmp_path / "out", seed=3)
     _check(summary, expect_timing=True)
@@ -125,7 +141,7 @@ def test_random_stalls(tmp_path, simulator, config):
     """Random gaps on the input and back-pressure on the output (fixed seed),
     plus memory latency: still bit-exact, beat counters exact, cnt_stall > 0."""
     cfg = CONFIGS[config]
-    images = make_images(tmp_path, cfg, STALL_SHAPES, seed=7)
+    images = make_images(tmp_path, cfg, STALL_SHAPES[config], seed=7)
     summary = _simulate(images, simulator, tmp_path / "out", seed=11, stall_prob=0.3,
                         latency=5)
     _check(summary, expect_timing=False)
@@ -134,35 +150,35 @@ def test_random_stalls(tmp_path, simulator, config):
         assert l["cycles_rtl"] > l["cycles_model"]
 
 
-@pytest.mark.parametrize("simulator,config", [("icarus", "k256d8"), ("icarus", "k16d4b128")])
+@pytest.mark.parametrize("simulator,config", [("icarus", "default"), ("icarus", "b128")])
 def test_latency_keeps_timing(tmp_path, simulator, config):
     """Memory latency only delays the header: timing relative to it stays exact."""
     cfg = CONFIGS[config]
-    images = make_images(tmp_path, cfg, [("vq", 5, 33), ("int8", 17, 20)], seed=5)
+    images = make_images(tmp_path, cfg, SHAPES[config][:2], seed=5)
     summary = _simulate(images, simulator, tmp_path / "out", seed=2, latency=9)
     _check(summary, expect_timing=True)
 
 
 @pytest.mark.parametrize("simulator,config,stall_prob",
-                         [("icarus", "k4096d8", 0.0), ("icarus", "k16d1", 0.25),
-                          ("verilator", "k256d8", 0.0)])
+                         [("icarus", "small", 0.0), ("icarus", "small", 0.25),
+                          ("verilator", "default", 0.0)])
 def test_overlapped_layers(tmp_path, simulator, config, stall_prob):
     """Each layer's stream queued right behind the previous one: the next header
     waits at the input while the previous layer computes, and is accepted no
     earlier than the cycle after the last output beat (counters still final)."""
     cfg = CONFIGS[config]
-    images = make_images(tmp_path, cfg, [("vq", 17, 45), ("int8", 8, 16), ("ssvq", 3, 100),
-                                         ("ssvq", 30, 8)], seed=17)
+    images = make_images(tmp_path, cfg, SHAPES[config][:5], seed=17)
     summary = _simulate(images, simulator, tmp_path / "out", seed=5, stall_prob=stall_prob,
                         overlap=True)
     _check(summary, expect_timing=stall_prob == 0.0)
 
 
-@pytest.mark.parametrize("simulator,config", [("icarus", "k256d8")])
+@pytest.mark.parametrize("simulator,config", [("icarus", "default")])
 def test_requant_extremes(tmp_path, simulator, config):
     """Full-range bias, mult 0 / 65535, shift 1 / 63: saturation and rounding."""
     cfg = CONFIGS[config]
-    images = make_images(tmp_path, cfg, [("int8", 32, 40), ("ssvq", 32, 64)], seed=13,
+    images = make_images(tmp_path, cfg, [("int8", 32, 40), ("ssvq-k256-d8", 32, 64),
+                                              ("vq-k16-d8-m2-c4", 16, 40)], seed=13,
                          extremes=True)
     summary = _simulate(images, simulator, tmp_path / "out", seed=4)
     _check(summary, expect_timing=True)
@@ -204,13 +220,13 @@ CORRUPTIONS = {
 
 @pytest.mark.parametrize("what", list(CORRUPTIONS))
 def test_corrupted_image_rejected(tmp_path, what):
-    cfg = CONFIGS["k16d4b128"]
-    images = make_images(tmp_path, cfg, [("ssvq", 5, 9)], seed=1)
+    cfg = CONFIGS["b128"]
+    images = make_images(tmp_path, cfg, [("ssvq-k16-d4", 5, 9)], seed=1)
     layer_dir = next((images / "layers").iterdir())
     corrupt, names = CORRUPTIONS[what]
     corrupt(layer_dir)
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-m", "ssvq.cli", "sim", "--images", str(images),
+    p = subprocess.run([sys.executable, "-m", "ssvq.app.cli", "sim", "--images", str(images),
                         "--simulator", "icarus", "--out", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -222,8 +238,8 @@ def test_corrupted_image_rejected(tmp_path, what):
 
 
 def test_unknown_layer_rejected(tmp_path):
-    images = make_images(tmp_path, CONFIGS["k16d4b128"], [("vq", 3, 5)], seed=1)
-    p = subprocess.run([sys.executable, "-m", "ssvq.cli", "sim", "--images", str(images),
+    images = make_images(tmp_path, CONFIGS["b128"], [("vq-k16-d4", 3, 5)], seed=1)
+    p = subprocess.run([sys.executable, "-m", "ssvq.app.cli", "sim", "--images", str(images),
                         "--layers", "nope", "--simulator", "icarus", "--out",
                         str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -236,14 +252,14 @@ def test_scoreboard_flags_every_kind_of_error():
     from sim.golden import output_beats, timing
     from sim.tb.scoreboard import Scoreboard
 
-    cfg = CONFIGS["k256d8"]
+    cfg = CONFIGS["default"]
     rng = np.random.default_rng(0)
     y = rng.integers(-128, 128, 21).astype(np.int8)        # 3 beats, last one padded
-    t = timing(cfg, "vq", 21, 50)
+    t = timing(cfg, LayerConfig.parse("vq-k256-d4"), 21, 50)
     beats = output_beats(y, cfg)
 
     def feed(values, cycles, counters=None):
-        sb = Scoreboard(cfg, "x", "vq", 21, 50, y, t.out_cycles, t.counters, True)
+        sb = Scoreboard(cfg, "x", "vq", 21, 50, y, list(t.out_cycles), t.counters, True)
         sb.header_cycle = 100
         for v, c in zip(values, cycles):
             sb.on_beat(v, 100 + c)
@@ -251,40 +267,41 @@ def test_scoreboard_flags_every_kind_of_error():
         res = sb.check_counters(counters or t.counters, cyc, 0, False)
         return sb, res
 
-    sb, (oc, cm, probs) = feed(beats, t.out_cycles)
+    out_cycles = list(t.out_cycles)
+    sb, (oc, cm, probs) = feed(beats, out_cycles)
     assert sb.summary()["bit_exact"] and oc and cm and not probs
     assert (sb.outputs() == y).all()
     # one wrong value
     bad = list(beats)
     bad[1] ^= 0xFF << 16
-    sb, _ = feed(bad, t.out_cycles)
+    sb, _ = feed(bad, out_cycles)
     s = sb.summary()
     assert not s["bit_exact"] and s["beat_mismatches"] == 1 and s["mismatches"] == 1
     assert "output beat 1 (rows 8..15)" in sb.messages[0] and "differing rows [10]" in sb.messages[0]
     # non-zero padding in the last beat
     bad = list(beats)
     bad[2] |= 0x7F << 56
-    sb, _ = feed(bad, t.out_cycles)
+    sb, _ = feed(bad, out_cycles)
     assert sb.padding_errors == 1 and "padding rows [23]" in sb.messages[0]
     # unresolved bits, an extra beat, a missing beat
-    sb, _ = feed([beats[0], "x" * 64, beats[2]], t.out_cycles)
+    sb, _ = feed([beats[0], "x" * 64, beats[2]], out_cycles)
     assert sb.summary()["beat_mismatches"] == 1 and "unresolved" in sb.messages[0]
-    sb, _ = feed(beats + [0], t.out_cycles + [t.out_cycles[-1] + 1])
+    sb, _ = feed(beats + [0], out_cycles + [out_cycles[-1] + 1])
     assert sb.summary()["extra_beats"] == 1 and not sb.summary()["bit_exact"]
-    sb, _ = feed(beats[:2], t.out_cycles[:2])
+    sb, _ = feed(beats[:2], out_cycles[:2])
     assert sb.summary()["missing_beats"] == 1 and not sb.summary()["bit_exact"]
     # a beat one cycle late, and a wrong counter
-    late = list(t.out_cycles)
+    late = list(out_cycles)
     late[1] += 1
     sb, (oc, _, _) = feed(beats, late)
     assert oc is False and sb.timing_mismatches == 1
-    wrong = dict(t.counters, codes=t.counters["codes"] + 1)
-    sb, (_, cm, probs) = feed(beats, t.out_cycles, wrong)
-    assert cm is False and any("cnt_codes" in p for p in probs)
+    wrong = dict(t.counters, weights=t.counters["weights"] + 1)
+    sb, (_, cm, probs) = feed(beats, out_cycles, wrong)
+    assert cm is False and any("cnt_weights" in p for p in probs)
 
 
 def test_load_beats_hex_and_npy_agree(tmp_path):
-    from compress.image import beats_to_hex
+    from ssvq.image import beats_to_hex
     from sim.tb.test_accel import load_beats
 
     for bus in (64, 128):

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.config import OUT_BITS, AccelConfig
-from sim.golden import COUNTERS, output_beats
+from ssvq.config import COUNTERS, OUT_BITS, AccelConfig
+from ssvq.reference import output_beats
 
 MAX_MESSAGES = 10
 

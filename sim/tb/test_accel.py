@@ -4,7 +4,7 @@ The job is a JSON file named by $SSVQ_TB_JOB (written by sim.runner.run_job):
 
     {"config": {...AccelConfig...}, "simulator": "icarus", "seed": 1,
      "stall_prob": 0.0, "latency": 0, "overlap": false,
-     "layers": [{"name", "mode", "rows", "cols",
+     "layers": [{"name", "config" (layer config name), "mode", "rows", "cols",
                  "beats":    path of the input beats (.npy uint8 (n, bus/8), or an
                              image's stream.bin / stream.hex),
                  "expected": path of the golden int8 outputs (.npy, length rows),
@@ -41,9 +41,8 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_steps
 
-from compress.image import hex_to_beats, layer_sections
-from hw.config import AccelConfig
-from sim.golden import COUNTERS
+from ssvq.config import COUNTERS, AccelConfig, LayerConfig
+from ssvq.image import hex_to_beats, layer_sections
 from sim.tb.driver import StreamDriver
 from sim.tb.monitor import StreamMonitor, resolve
 from sim.tb.scoreboard import Scoreboard
@@ -94,7 +93,7 @@ class LayerRun:
 
     def __init__(self, cfg: AccelConfig, spec: dict, timing_checked: bool, log):
         self.cfg, self.spec = cfg, spec
-        self.name, self.mode = spec["name"], spec["mode"]
+        self.name, self.mode, self.lc_name = spec["name"], spec["mode"], spec["config"]
         self.rows, self.cols = int(spec["rows"]), int(spec["cols"])
         self.out_dir = Path(spec["out_dir"])
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +127,7 @@ class LayerRun:
 @cocotb.test()
 async def run_layers(dut):
     job = json.loads(Path(os.environ["SSVQ_TB_JOB"]).read_text())
-    cfg = AccelConfig.from_dict(job["config"])
+    cfg = AccelConfig.from_dict(job["config"], "job config")
     seed, p, latency = int(job["seed"]), float(job["stall_prob"]), int(job["latency"])
     overlap = bool(job.get("overlap", False))
     simulator = job.get("simulator") or cocotb.SIM_NAME
@@ -183,7 +182,8 @@ async def run_layers(dut):
         runs[0].send(driver, on_last=chain(0))
     for i, run in enumerate(runs):
         if aborted:
-            res = {"name": run.name, "mode": run.mode, "rows": run.rows, "cols": run.cols,
+            res = {"name": run.name, "config": run.lc_name, "mode": run.mode, "rows": run.rows,
+                   "cols": run.cols,
                    **base, "passed": False, "bit_exact": False, "error": aborted}
             write_json(run.out_dir / "result.json", res)
             failed.append(f"{run.name}: not run")
@@ -222,7 +222,7 @@ async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, l
         error = f"timeout: the header beat was not accepted within {limit} cycles"
         healthy = False
     elif not sb.done:
-        sections = layer_sections(run.cfg, run.mode, run.rows, run.cols)
+        sections = layer_sections(run.cfg, LayerConfig.parse(run.lc_name), run.rows, run.cols)
         pos = run.transfer.accepted
         error = (f"timeout after {limit} cycles: input stream accepted {pos} of "
                  f"{run.n_beats} beats (next: {_section_of(sections, pos)}), output stream "
@@ -285,7 +285,8 @@ async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, l
         problems.append(f"input stream accepted {tr.accepted} of {run.n_beats} beats")
     passed = (error is None and summ["bit_exact"] and not problems
               and out_cycles_match is not False and counters_match is True)
-    res = {"name": run.name, "mode": run.mode, "rows": run.rows, "cols": run.cols, **base,
+    res = {"name": run.name, "config": run.lc_name, "mode": run.mode, "rows": run.rows,
+           "cols": run.cols, **base,
            **summ,
            "timing_checked": sb.timing_checked,
            "cycles_rtl": counters_rtl.get("cycles") if counters_rtl else None,
@@ -302,7 +303,7 @@ async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, l
            "wall_seconds": round(time.perf_counter() - run.t0, 3)}
     write_json(run.out_dir / "result.json", res)
     (dut._log.info if passed else dut._log.error)(
-        "layer %s (%s %dx%d): %s, %s cycles (model %s), %.2f s", run.name, run.mode, run.rows,
+        "layer %s (%s %dx%d): %s, %s cycles (model %s), %.2f s", run.name, run.lc_name, run.rows,
         run.cols, "PASS" if passed else "FAIL", res["cycles_rtl"], res["cycles_model"],
         res["wall_seconds"])
     return res, healthy

@@ -1,0 +1,103 @@
+"""The `ssvq verilog | sim | report | synth` commands: argument checks, then the
+work of hw/ and sim/. Every bad input raises an ssvq.errors error (one line,
+exit status 2) before anything is built or written."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ssvq.config import AccelConfig
+from ssvq.errors import SimError, UserError
+
+
+def load_build_config(path: str) -> AccelConfig:
+    """An accelerator build config JSON (missing fields take the defaults)."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8-sig"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: expected a config JSON file, found no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: expected a readable UTF-8 JSON file ({e})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: expected JSON, found a parse error ({e})") from None
+    return AccelConfig.from_dict(data, path, partial=True)
+
+
+def verilog_cmd(args) -> int:
+    from hw.verilog import generate
+    from ssvq.image import read_images
+
+    cfg = read_images(args.images).config if args.images else load_build_config(args.config)
+    v = generate(cfg, args.out)
+    print(f"wrote {v} ({v.stat().st_size // 1024} KiB) and {Path(args.out) / 'params.json'} "
+          f"for {json.dumps(cfg.to_dict())}")
+    return 0
+
+
+def sim_cmd(args) -> int:
+    from sim.runner import pick_layers, prepare_images, simulate_images
+    from ssvq.image import read_images
+
+    if not 0.0 <= args.stall_prob < 1.0:
+        raise UserError(f"--stall-prob: expected a probability in [0, 1), found {args.stall_prob}")
+    if args.latency < 0:
+        raise UserError(f"--latency: expected a number of cycles >= 0, found {args.latency}")
+    build_cfg = load_build_config(args.build_config) if args.build_config else None
+    t0 = time.perf_counter()
+
+    def progress(msg):
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+
+    imgs = read_images(args.images)
+    names = args.layers or pick_layers(imgs.manifest["layers"], args.all)
+    # every requested layer read and checked (ImageError / ConfigError) before building
+    prepared = prepare_images(args.images, names, progress, build_cfg)
+    try:
+        summary = simulate_images(args.images, names, args.simulator, args.seed,
+                                  args.stall_prob, args.latency, args.out, progress,
+                                  prepared=prepared)
+    except SimError as e:
+        progress(f"FAILED: {e}")
+        return 1
+    n = len(summary["layers"])
+    bad = [l["name"] for l in summary["layers"] if not l["passed"]]
+    progress(f"{n - len(bad)}/{n} layers passed on {args.simulator}; "
+             f"{summary['total_cycles_rtl']} cycles in {summary['sim_seconds']} s with start-up "
+             f"({summary['layer_cycles_per_second']} cycles/s while running layers); summary in "
+             f"{Path(args.out) / 'sim_summary.json'}")
+    if bad:
+        progress(f"FAILED: {', '.join(bad)}")
+        return 1
+    return 0
+
+
+def report_cmd(args) -> int:
+    from sim.report import format_summary, write_report
+
+    s = write_report(args.images, args.out, sim_dir=args.sim,
+                     baseline_images_dir=args.baseline, baseline_sim_dir=args.baseline_sim)
+    for line in format_summary(s):
+        print(f"ssvq report: {line}")
+    print(f"ssvq report: wrote {Path(args.out) / 'report.md'}")
+    if not s["passed"]:
+        print("ssvq report: FAILED (simulation failures or cost-model/RTL mismatches above)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def synth_cmd(args) -> int:
+    from hw.synth import TOP, SynthError, synthesize
+
+    cfg = load_build_config(args.config) if args.config else AccelConfig()
+    try:
+        s = synthesize(cfg, args.out)
+    except SynthError as e:
+        raise UserError(str(e)) from None
+    r = s["resources"]
+    print(f"{TOP}: LUT4 {r['LUT4']}, FF {r['TRELLIS_FF']}, MULT18X18D {r['MULT18X18D']}, "
+          f"DP16KD {r['DP16KD']}, DPR16X4 {r['TRELLIS_DPR16X4']}; {s['device']['part']} "
+          f"{s['device']['package']}: Fmax {s['fmax_mhz']} MHz (target {s['target_mhz']})")
+    return 0
