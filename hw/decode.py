@@ -141,8 +141,11 @@ class CodebookDecode(wiring.Component):
                             with m.Case(log2(d)):
                                 m.d.comb += [cw.eq(mems[i].r_data[lane].word_select(j, CW_BITS)),
                                              ce.eq(coef[lane][i])]
+                # codebook i >= m is never written in this layer: its (undefined) read
+                # data must not reach the product, even times a zero coefficient
+                used = 1 if i == 0 else (self.m == 2)
                 with m.If(en):
-                    m.d.sync += [cw_c[e][i].eq(Mux(is_ssvq, cw, cw.as_signed())),
+                    m.d.sync += [cw_c[e][i].eq(Mux(used, Mux(is_ssvq, cw, cw.as_signed()), 0)),
                                  coef_c[e][i].eq(ce)]
 
         # C: sum of the coefficient products, sign applied

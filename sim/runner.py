@@ -33,8 +33,12 @@ SIMULATORS = ("icarus", "verilator")
 TOP = "ssvq_accel"
 TEST_MODULE = "sim.tb.test_accel"
 # bump when the build recipe changes, so cached builds are redone
-BUILD_RECIPE = 1
+BUILD_RECIPE = 2
+# The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once the model is big
+# enough to be split into several C++ files the precompiled header is passed as a
+# stray input ("linker input file not found"); give make the flag gcc needs.
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
+VERILATOR_MAKE_VARS = "CFG_CXXFLAGS_PCH_I=-include"
 # cocotb's runner compiles with -g2012, where Icarus 11 runs `reg x = 0;` declaration
 # initializers before time 0 without an event; Yosys' Verilog relies on that event
 # (the `if (\$auto$verilog_backend...dump_module$1) begin end` line in each
@@ -69,6 +73,9 @@ def _runner(simulator: str):
     r.MAX_PARALLEL_BUILD_JOBS = MAX_BUILD_JOBS      # shared machine: keep make -j small
     if simulator == "verilator":
         setup_verilator()
+        flags = os.environ.get("MAKEFLAGS", "")
+        if VERILATOR_MAKE_VARS not in flags:       # make reads variables from MAKEFLAGS
+            os.environ["MAKEFLAGS"] = f"{flags} {VERILATOR_MAKE_VARS}".strip()
     if str(REPO) not in sys.path:                   # PYTHONPATH of the simulator = sys.path
         sys.path.insert(0, str(REPO))
     return r.get_runner(simulator)

@@ -147,7 +147,7 @@ def test_random_stalls(tmp_path, simulator, config):
     _check(summary, expect_timing=False)
     for l in summary["layers"]:
         assert l["counters_rtl"]["stall"] > 0
-        assert l["cycles_rtl"] > l["cycles_model"]
+        assert l["cycles_rtl"] >= l["cycles_model"]
 
 
 @pytest.mark.parametrize("simulator,config", [("icarus", "default"), ("icarus", "b128")])
