@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sim import golden
 from sim.cost import BASELINES, STREAMS, WEIGHT_FIELDS, compare
-from ssvq.config import COUNTERS
+from ssvq.config import COUNTERS, ROW_SCALE_BITS
 from ssvq.errors import ConfigError, ImageError, UserError
 from ssvq.files import atomic_dir
 from ssvq.image import read_images
@@ -499,7 +499,7 @@ def render_markdown(s: dict) -> str:
         L += [f"The baselines need the int decode with widths {s['build']['int_bits']}: "
               f"every cost figure is computed on this build widened to modes "
               f"{s['build']['modes']}, int_bits {s['build']['int_bits']}.", ""]
-    L += [f"Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in s["inputs"].items() if v)
+    L += ["Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in s["inputs"].items() if v)
           + f"; baselines from the {s['baseline_source']}"
           + (" (int8 images shown beside; speedups from the cost model)"
              if s["baseline_source"] == "images" else "") + ".", ""]
@@ -555,8 +555,9 @@ def render_markdown(s: dict) -> str:
           "- The weight stream is split by field from the geometry: codes, coefficients, "
           "signs (ssvq) or int weights, per group x rows x groups; `padding` is the zero fill "
           "to a whole beat.",
-          f"- **Bits per weight** = (codebook + weight stream as streamed + 16 bits per row "
-          "for the row scale) / (rows x cols); whole model: summed bits / summed weights.",
+          f"- **Bits per weight** = (codebook + weight stream as streamed + {ROW_SCALE_BITS} "
+          "bits per row for the row scale) / (rows x cols); whole model: summed bits / summed "
+          "weights.",
           "- **Speedup** = baseline cycles / cycles, every layer and its int8 / int4 "
           "baselines on the same build; whole model = summed baseline cycles / summed cycles.",
           "- **Bus utilisation**: weight beats per cycle of the weight phase. **Stream "
