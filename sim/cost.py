@@ -1,211 +1,250 @@
-"""Memory-access cost model: bits moved per stream, cycles and speedup.
+"""Memory-access cost model (format v2): bits moved per stream, cycles, bus
+utilisation and speedup over int8 / int4 baselines.
 
-In the spirit of SCALE-Sim's per-operand access reports, every layer is charged
-the bits each stream of its memory image moves over the accelerator's input and
-output buses. Beat counts and cycles are not re-derived here: they come from
-`sim.golden.timing(...).counters`, the same numbers the RTL's performance
-counters are held to, and a stream's bits are its beats x `cfg.bus` (so the
-zero padding the format streams is charged too).
+Every layer is charged the bits each stream of its memory image moves over the
+accelerator's input and output buses. Beat counts and cycles are not re-derived
+here: they come from `sim.golden.timing(cfg, lc, rows, cols)`, whose counters
+the RTL's performance counters are held to, and a stream's bits are its beats x
+`cfg.bus` (so the zero padding the format streams is charged too).
 
-Streams (and the golden/RTL counter each comes from):
+Streams (named as the golden/RTL counters are):
 
-    header    header      one 64-bit record, padded to a beat
-    codebook  codebook    K x D x 8-bit codewords (vq, ssvq)
-    params    params      per-row 64-bit requantization records (bias, mult, shift)
-    acts      acts        int8 activations, padded to whole MAC groups
-    codes     codes       code beats of vq/ssvq weight blocks
-    signs     signs       sign beats of ssvq weight blocks
-    weights   weights     int8 weight beats of int8 weight blocks
-    outputs   out         int8 outputs, BUS/8 per beat
+    header    the 128-bit layer header record, padded to whole beats
+    codebook  m*k codewords of d x 8 bits (vq, ssvq)
+    params    one 64-bit requantization record per row (bias, mult, shift)
+    acts      int8 activations, padded to whole groups of `mults`
+    weights   rows x G weight-group records of Geometry.group_bits
+    out       int8 outputs, bus/8 per beat (the output bus)
 
-Bits per weight (`bits_per_weight`) charges the weight storage only: codebook,
-codes, signs and int8 weights as streamed (padding included), plus 16 bits per
-row for the per-row scale, over rows x cols. The bandwidth-bound speedup limit
-of a format is 8 / bits_per_weight: how much faster than 8-bit weights a layer
-could be if weight traffic were the only cost.
+Within the weight stream the bits are attributed analytically from
+`cfg.geometry(...)` (per group x rows*G groups): `codes` (code_field_bits),
+`coefs` (coef_field_bits), `signs` (sign_field_bits) and `int_weights` (an int
+layer's code_field_bits); `padding` is what the weight section streams beyond
+its records (zero bits up to a whole beat). These five add up to bits["weights"].
+Column padding inside a row's last group (cols < G * mults) is part of the
+fields, as the accelerator moves it.
+
+bits_per_weight = (codebook bits + weight-section bits, both as streamed with
+padding, + ROW_SCALE_BITS per row) / (rows x cols); speedup_bound = 8 /
+bits_per_weight, the speedup over 8-bit weights if weight traffic were the only
+cost. bus_utilisation is Timing.bus_utilisation (weight beats per cycle of the
+weight phase); stream_utilisation is all input-stream beats (header, codebook,
+params, acts, weights) per cycle of the whole layer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import lru_cache
-
-from hw.config import ROW_SCALE_BITS, AccelConfig
+import dataclasses
+from dataclasses import dataclass
 
 from sim import golden
+from ssvq.config import COUNTERS, MODES, ROW_SCALE_BITS, SECTIONS, AccelConfig, LayerConfig
 
-# stream name -> golden / RTL counter name
-STREAMS = ("header", "codebook", "params", "acts", "codes", "signs", "weights", "outputs")
-COUNTER_OF = {s: ("out" if s == "outputs" else s) for s in STREAMS}
-WEIGHT_STREAMS = ("codebook", "codes", "signs", "weights")
-
-
-def bits_per_weight(cfg: AccelConfig, mode: str, rows: int, cols: int) -> float:
-    """Weight-storage bits per weight of one layer: (codebook + code + sign +
-    int8-weight bits as streamed, i.e. beats x bus with padding, + ROW_SCALE_BITS
-    per row) / (rows x cols)."""
-    return layer_cost(cfg, mode, rows, cols).bits_per_weight
+STREAMS = ("header", "codebook", "params", "acts", "weights", "out")
+INPUT_STREAMS = SECTIONS                     # header, codebook, params, acts, weights
+WEIGHT_FIELDS = ("codes", "coefs", "signs", "int_weights", "padding")
+BASELINES = ("int8", "int4")
+assert set(STREAMS) <= set(COUNTERS)
 
 
-@lru_cache(maxsize=4096)
-def _timing(cfg: AccelConfig, mode: str, rows: int, cols: int) -> tuple[tuple[str, int], ...]:
-    return tuple(golden.timing(cfg, mode, rows, cols).counters.items())
+def _lc(lc) -> LayerConfig:
+    return LayerConfig.parse(lc) if isinstance(lc, str) else lc
 
 
-def counters(cfg: AccelConfig, mode: str, rows: int, cols: int) -> dict[str, int]:
-    """golden.timing(...).counters (cached): the single source of beats and cycles."""
-    cfg.check_shape(rows, cols)
-    return dict(_timing(cfg, mode, rows, cols))
-
-
-@dataclass
+@dataclass(frozen=True)
 class LayerCost:
     name: str
-    mode: str
+    config: LayerConfig
     rows: int
     cols: int
-    header: int          # bits moved per stream (beats x bus)
-    codebook: int
-    params: int
-    acts: int
-    codes: int
-    signs: int
-    weights: int
-    outputs: int
-    total: int           # all streams
-    cycles: int          # golden.timing counters["cycles"] (no stalls)
-    beats: dict[str, int]         # golden.timing counters (counter names)
-    weight_side_bits: int         # codebook + codes + signs + weights + 16 bits/row
+    beats: dict              # stream -> beats (golden.timing counters)
+    bits: dict               # stream -> beats x bus
+    weight_bits: dict        # WEIGHT_FIELDS -> bits within the weight stream
+    cycles: int              # golden.timing counters["cycles"] (no stalls)
+    weight_cycles: int       # Timing.weight_cycles
+    bus_utilisation: float   # weight beats / weight_cycles
+    stream_utilisation: float  # input-stream beats / cycles
+    weight_side_bits: int    # codebook + weights bits + ROW_SCALE_BITS * rows
     bits_per_weight: float
-    speedup_bound: float          # 8 / bits_per_weight
+    speedup_bound: float     # 8 / bits_per_weight
 
     @property
-    def bits(self) -> dict[str, int]:
-        return {s: getattr(self, s) for s in STREAMS}
+    def total_bits(self) -> int:
+        return sum(self.bits.values())
+
+    @property
+    def input_beats(self) -> int:
+        return sum(self.beats[s] for s in INPUT_STREAMS)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "mode": self.mode, "rows": self.rows, "cols": self.cols,
-                "bits": self.bits, "total_bits": self.total, "cycles": self.cycles,
-                "beats": dict(self.beats), "weight_side_bits": self.weight_side_bits,
+        return {"name": self.name, "config": self.config.name, "rows": self.rows,
+                "cols": self.cols, "beats": dict(self.beats), "bits": dict(self.bits),
+                "total_bits": self.total_bits, "weight_bits": dict(self.weight_bits),
+                "cycles": self.cycles, "weight_cycles": self.weight_cycles,
+                "bus_utilisation": self.bus_utilisation,
+                "stream_utilisation": self.stream_utilisation,
+                "weight_side_bits": self.weight_side_bits,
                 "bits_per_weight": self.bits_per_weight, "speedup_bound": self.speedup_bound}
 
 
-def layer_cost(cfg: AccelConfig, mode: str, rows: int, cols: int, name: str = "") -> LayerCost:
-    c = counters(cfg, mode, rows, cols)
-    bits = {s: c[COUNTER_OF[s]] * cfg.bus for s in STREAMS}
-    ws = sum(bits[s] for s in WEIGHT_STREAMS) + ROW_SCALE_BITS * rows
+def weight_field_bits(cfg: AccelConfig, lc, rows: int, cols: int, streamed_bits: int) -> dict:
+    """The weight stream's bits by field (Geometry per group x rows*G groups);
+    `padding` = streamed_bits minus the records."""
+    lc = _lc(lc)
+    geo = cfg.geometry(lc, rows, cols)
+    n = rows * geo.groups_per_row
+    out = dict.fromkeys(WEIGHT_FIELDS, 0)
+    if lc.mode == "int":
+        out["int_weights"] = geo.code_field_bits * n
+    else:
+        out["codes"] = geo.code_field_bits * n
+        out["coefs"] = geo.coef_field_bits * n
+        out["signs"] = geo.sign_field_bits * n
+    used = sum(out.values())
+    if used != geo.group_bits * n or streamed_bits < used:
+        raise AssertionError(f"{lc.name} {rows}x{cols}: weight fields {used} bits, groups "
+                             f"{geo.group_bits * n}, streamed {streamed_bits}")
+    out["padding"] = streamed_bits - used
+    return out
+
+
+def layer_cost(cfg: AccelConfig, lc, rows: int, cols: int, name: str = "") -> LayerCost:
+    """One layer's cost on build `cfg` (raises ConfigError if the build cannot run it).
+    `lc` is a LayerConfig or its name (e.g. "ssvq-k256-d8")."""
+    lc = _lc(lc)
+    t = golden.timing(cfg, lc, rows, cols)
+    beats = {s: t.counters[s] for s in STREAMS}
+    bits = {s: b * cfg.bus for s, b in beats.items()}
+    wb = weight_field_bits(cfg, lc, rows, cols, bits["weights"])
+    ws = bits["codebook"] + bits["weights"] + ROW_SCALE_BITS * rows
     bpw = ws / (rows * cols)
-    return LayerCost(name=name, mode=mode, rows=rows, cols=cols, **bits,
-                     total=sum(bits.values()), cycles=c["cycles"], beats=c,
+    cycles = t.counters["cycles"]
+    return LayerCost(name=name, config=lc, rows=rows, cols=cols, beats=beats, bits=bits,
+                     weight_bits=wb, cycles=cycles, weight_cycles=t.weight_cycles,
+                     bus_utilisation=t.bus_utilisation,
+                     stream_utilisation=sum(beats[s] for s in INPUT_STREAMS) / cycles,
                      weight_side_bits=ws, bits_per_weight=bpw, speedup_bound=8.0 / bpw)
 
 
-def _layer_args(entry, mode: str) -> tuple[str, int, int, str]:
-    """(name, rows, cols) or (name, rows, cols, mode)."""
-    if len(entry) == 4:
-        name, rows, cols, m = entry
-    else:
-        name, rows, cols = entry
-        m = mode
-    return str(name), int(rows), int(cols), m
+def bits_per_weight(cfg: AccelConfig, lc, rows: int, cols: int) -> float:
+    return layer_cost(cfg, lc, rows, cols).bits_per_weight
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelCost:
-    mode: str
-    layers: list[LayerCost]
-    bits: dict[str, int]          # per stream, summed over layers
-    total: int
+    layers: list             # [LayerCost]
+    bits: dict               # stream -> bits, summed over layers
+    weight_bits: dict        # WEIGHT_FIELDS -> bits, summed
     cycles: int
     n_weights: int
     weight_side_bits: int
-    bits_per_weight: float        # weight_side_bits / n_weights
-    speedup_bound: float          # 8 / bits_per_weight
+    bits_per_weight: float   # weight_side_bits / n_weights
+    speedup_bound: float     # 8 / bits_per_weight
+    bus_utilisation: float   # sum weight beats / sum weight cycles
+    stream_utilisation: float  # sum input beats / sum cycles
+
+    @property
+    def config(self) -> str:
+        """The layers' config name, or "mixed"."""
+        names = {lc.config.name for lc in self.layers}
+        return names.pop() if len(names) == 1 else "mixed"
+
+    @property
+    def total_bits(self) -> int:
+        return sum(self.bits.values())
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "bits": dict(self.bits), "total_bits": self.total,
-                "cycles": self.cycles, "weights": self.n_weights,
-                "weight_side_bits": self.weight_side_bits,
+        return {"config": self.config, "bits": dict(self.bits), "total_bits": self.total_bits,
+                "weight_bits": dict(self.weight_bits), "cycles": self.cycles,
+                "weights": self.n_weights, "weight_side_bits": self.weight_side_bits,
                 "bits_per_weight": self.bits_per_weight, "speedup_bound": self.speedup_bound,
+                "bus_utilisation": self.bus_utilisation,
+                "stream_utilisation": self.stream_utilisation,
                 "layers": [lc.to_dict() for lc in self.layers]}
 
 
-def model_cost(cfg: AccelConfig, layers, mode: str) -> ModelCost:
-    """layers: [(name, rows, cols)] (a 4th element, when present, overrides `mode`
-    for that layer)."""
-    lcs = [layer_cost(cfg, m, r, c, n) for n, r, c, m in (_layer_args(e, mode) for e in layers)]
+def model_cost(cfg: AccelConfig, layers) -> ModelCost:
+    """layers: [(name, LayerConfig or its name, rows, cols)]; configs may differ."""
+    lcs = [layer_cost(cfg, lc, r, c, str(n)) for n, lc, r, c in layers]
     if not lcs:
         raise ValueError("model_cost: expected at least one layer, found none")
-    bits = {s: sum(getattr(lc, s) for lc in lcs) for s in STREAMS}
-    nw = sum(lc.rows * lc.cols for lc in lcs)
-    ws = sum(lc.weight_side_bits for lc in lcs)
-    modes = {lc.mode for lc in lcs}
-    return ModelCost(mode=modes.pop() if len(modes) == 1 else "mixed", layers=lcs, bits=bits,
-                     total=sum(bits.values()), cycles=sum(lc.cycles for lc in lcs),
-                     n_weights=nw, weight_side_bits=ws, bits_per_weight=ws / nw,
-                     speedup_bound=8.0 * nw / ws)
+    bits = {s: sum(x.bits[s] for x in lcs) for s in STREAMS}
+    wb = {f: sum(x.weight_bits[f] for x in lcs) for f in WEIGHT_FIELDS}
+    nw = sum(x.rows * x.cols for x in lcs)
+    ws = sum(x.weight_side_bits for x in lcs)
+    cycles = sum(x.cycles for x in lcs)
+    return ModelCost(layers=lcs, bits=bits, weight_bits=wb, cycles=cycles, n_weights=nw,
+                     weight_side_bits=ws, bits_per_weight=ws / nw, speedup_bound=8.0 * nw / ws,
+                     bus_utilisation=(sum(x.beats["weights"] for x in lcs)
+                                      / max(1, sum(x.weight_cycles for x in lcs))),
+                     stream_utilisation=sum(x.input_beats for x in lcs) / cycles)
 
 
-@dataclass
+def baseline_build(cfg: AccelConfig, baselines=BASELINES) -> AccelConfig:
+    """`cfg` widened (dataclasses.replace) so that it also has the int decode and
+    the baselines' widths: the "int" mode added to `modes` and each baseline's
+    bits to `int_bits`. Everything else (kmax, d_set, m_max, coef_bits_max,
+    mults, bus, max_rows, max_cols) stays as built, so a build that already has
+    them is returned unchanged."""
+    bls = [_lc(b) for b in baselines]
+    if any(b.mode != "int" for b in bls):
+        raise ValueError(f"baseline_build: expected int baselines, found "
+                         f"{[b.name for b in bls]}")
+    modes = tuple(m for m in MODES if m in cfg.modes or m == "int")
+    bits = tuple(sorted(set(cfg.int_bits) | {b.bits for b in bls}))
+    if modes == cfg.modes and set(bits) == set(cfg.int_bits):
+        return cfg
+    return dataclasses.replace(cfg, modes=modes, int_bits=bits)
+
+
+@dataclass(frozen=True)
 class LayerComparison:
     name: str
     rows: int
     cols: int
     cost: LayerCost
-    base: LayerCost
-    speedup: float                # base.cycles / cost.cycles
-    speedup_bound: float          # 8 / cost.bits_per_weight
+    base: dict               # baseline name -> LayerCost
+    speedup: dict            # baseline name -> base.cycles / cost.cycles
 
     def to_dict(self) -> dict:
         return {"name": self.name, "rows": self.rows, "cols": self.cols,
-                "mode": self.cost.mode, "baseline": self.base.mode,
-                "cycles": self.cost.cycles, "baseline_cycles": self.base.cycles,
-                "speedup": self.speedup, "speedup_bound": self.speedup_bound,
-                "bits_per_weight": self.cost.bits_per_weight,
-                "bits": self.cost.bits, "baseline_bits": self.base.bits}
+                "config": self.cost.config.name, "cycles": self.cost.cycles,
+                "speedup": dict(self.speedup),
+                "baseline_cycles": {b: c.cycles for b, c in self.base.items()},
+                "cost": self.cost.to_dict()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
-    mode: str
-    baseline: str
-    layers: list[LayerComparison]
+    build: AccelConfig       # the one build every number here was computed on
+    widened: bool            # build differs from the cfg passed in
+    layers: list             # [LayerComparison]
     cost: ModelCost
-    base: ModelCost
-    speedup: float                # sum baseline cycles / sum mode cycles
-    speedup_bound: float          # 8 / whole-model bits_per_weight
-    bits_per_weight: float
-    extra: dict = field(default_factory=dict)
+    base: dict               # baseline name -> ModelCost
+    speedup: dict            # baseline name -> sum baseline cycles / sum cycles
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "baseline": self.baseline, "speedup": self.speedup,
-                "speedup_bound": self.speedup_bound, "bits_per_weight": self.bits_per_weight,
-                "cycles": self.cost.cycles, "baseline_cycles": self.base.cycles,
-                "bits": dict(self.cost.bits), "baseline_bits": dict(self.base.bits),
-                "layers": [lc.to_dict() for lc in self.layers]}
+        return {"build": self.build.to_dict(), "widened": self.widened,
+                "speedup": dict(self.speedup), "cost": self.cost.to_dict(),
+                "baselines": {b: m.to_dict() for b, m in self.base.items()},
+                "layers": [x.to_dict() for x in self.layers]}
 
 
-def compare(cfg: AccelConfig, layers, mode: str, baseline: str = "int8") -> Comparison:
-    """`mode` against `baseline` on the same hardware config, layer by layer and
-    for the whole model. A 4th element in a layer tuple overrides `mode` for
-    that layer (the baseline mode is the same for every layer)."""
-    norm = [_layer_args(e, mode) for e in layers]
-    cost = model_cost(cfg, norm, mode)
-    base = model_cost(cfg, [(n, r, c, baseline) for n, r, c, _ in norm], baseline)
-    rows = [LayerComparison(a.name, a.rows, a.cols, a, b, b.cycles / a.cycles, a.speedup_bound)
-            for a, b in zip(cost.layers, base.layers)]
-    return Comparison(mode=cost.mode, baseline=baseline, layers=rows, cost=cost, base=base,
-                      speedup=base.cycles / cost.cycles, speedup_bound=cost.speedup_bound,
-                      bits_per_weight=cost.bits_per_weight)
-
-
-def minilm_layers() -> list[tuple[str, int, int]]:
-    """The 36 linear layers of all-MiniLM-L6-v2 as (name, rows=out, cols=in)."""
-    out = []
-    for i in range(6):
-        p = f"encoder.layer.{i}."
-        for n in ("attention.self.query", "attention.self.key", "attention.self.value",
-                  "attention.output.dense"):
-            out.append((p + n, 384, 384))
-        out.append((p + "intermediate.dense", 1536, 384))
-        out.append((p + "output.dense", 384, 1536))
-    return out
+def compare(cfg: AccelConfig, layers, baselines=BASELINES) -> Comparison:
+    """The layers [(name, LayerConfig or name, rows, cols)] against each int
+    baseline (default int8 and int4) for every layer, all on ONE build:
+    `baseline_build(cfg, baselines)`, i.e. `cfg` with the int mode and the
+    baselines' widths added by dataclasses.replace (not AccelConfig.covering,
+    which would shrink the build). When `cfg` already has them (the default
+    AccelConfig has every mode and width) that build is `cfg` itself.
+    Per-layer and whole-model speedup = baseline cycles / cycles."""
+    layers = [(str(n), _lc(lc), r, c) for n, lc, r, c in layers]
+    bls = [_lc(b).name for b in baselines]
+    build = baseline_build(cfg, bls)
+    cost = model_cost(build, layers)
+    base = {b: model_cost(build, [(n, b, r, c) for n, _, r, c in layers]) for b in bls}
+    rows = [LayerComparison(a.name, a.rows, a.cols, a,
+                            {b: base[b].layers[i] for b in bls},
+                            {b: base[b].layers[i].cycles / a.cycles for b in bls})
+            for i, a in enumerate(cost.layers)]
+    return Comparison(build=build, widened=build != cfg, layers=rows, cost=cost, base=base,
+                      speedup={b: base[b].cycles / cost.cycles for b in bls})
