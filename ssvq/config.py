@@ -217,7 +217,7 @@ class Geometry:
     group_bits: int        # bits of one weight-group record
     code_field_bits: int   # per group: codes, coefficients, signs (vq/ssvq); int: weights
     coef_field_bits: int
-    sign_field_bits: int
+    sign_field_bits: int   # ssvq: the signs come first in a group record, then the slots
     codewords: int         # m * k
     codeword_bits: int     # d * 8
     records: dict          # section -> records

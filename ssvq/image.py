@@ -199,19 +199,24 @@ def _pad_cols(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def weight_group_bits(img: LayerImage, cfg: AccelConfig) -> np.ndarray:
-    """(rows*G, group_bits) bits of every weight-group record."""
+    """(rows*G, group_bits) bits of every weight-group record.
+
+    int: mults fields of b bits. vq/ssvq: the signs first (ssvq: mults bits), then
+    L*m slots s = l*m + i, each the code (code_bits) followed by its coefficient
+    (coef_bits): every slot field starts at a multiple of code_bits + coef_bits,
+    so the decoder picks fields by one stride."""
     lc, geo = img.config, cfg.geometry(img.config, img.rows, img.cols)
     n = img.rows * geo.groups_per_row
     if lc.mode == "int":
         w = _pad_cols(int_weight_fields(img.weights, lc.bits), geo.padded_cols)
         return fields_to_bits(w, lc.bits).reshape(n, geo.group_bits)
     nv = geo.groups_per_row * geo.lanes
-    parts = [fields_to_bits(_pad_cols(img.codes, nv), lc.code_bits).reshape(n, -1)]
+    slot = _pad_cols(img.codes, nv)
     if lc.coef_bits:
-        parts.append(fields_to_bits(to_unsigned(_pad_cols(img.coefs, nv), lc.coef_bits),
-                                    lc.coef_bits).reshape(n, -1))
+        slot = slot | to_unsigned(_pad_cols(img.coefs, nv), lc.coef_bits) << lc.code_bits
+    parts = [fields_to_bits(slot, lc.code_bits + lc.coef_bits).reshape(n, -1)]
     if lc.mode == "ssvq":
-        parts.append(_pad_cols(img.signs, geo.padded_cols).astype(np.uint8).reshape(n, -1))
+        parts.insert(0, _pad_cols(img.signs, geo.padded_cols).astype(np.uint8).reshape(n, -1))
     return np.concatenate(parts, axis=1)
 
 
@@ -320,18 +325,18 @@ def _unpack_weights(img: LayerImage, gb: np.ndarray, cfg: AccelConfig, geo, wher
         img.weights = int_weight_values(f[:, :cols], lc.bits).astype(np.int8)
         return
     nv, v = geo.groups_per_row * geo.lanes, geo.vectors
-    a, b = geo.code_field_bits, geo.code_field_bits + geo.coef_field_bits
-    codes = bits_to_fields(gb[:, :a].reshape(-1), lc.code_bits).astype(np.int64)
-    codes = codes.reshape(rows, nv, lc.m)
+    sb = geo.sign_field_bits
+    f = bits_to_fields(gb[:, sb:].reshape(-1), lc.code_bits + lc.coef_bits).astype(np.int64)
+    f = f.reshape(rows, nv, lc.m)
+    codes = f & ((1 << lc.code_bits) - 1)
     _expect(not codes[:, v:].any(), where, "codes padding vectors", "zero", "non-zero")
     img.codes = codes[:, :v].astype(np.int32)
     if lc.coef_bits:
-        co = to_signed(bits_to_fields(gb[:, a:b].reshape(-1), lc.coef_bits).astype(np.int64),
-                       lc.coef_bits).reshape(rows, nv, lc.m)
+        co = to_signed(f >> lc.code_bits, lc.coef_bits)
         _expect(not co[:, v:].any(), where, "coefs padding vectors", "zero", "non-zero")
         img.coefs = co[:, :v].astype(np.int8)
     if lc.mode == "ssvq":
-        s = gb[:, b:].reshape(rows, geo.padded_cols)
+        s = gb[:, :sb].reshape(rows, geo.padded_cols)
         _expect(not s[:, cols:].any(), where, "signs padding columns", "zero", "non-zero")
         img.signs = s[:, :cols].astype(np.uint8)
 
