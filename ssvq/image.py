@@ -274,6 +274,9 @@ def read_header(beats: np.ndarray, cfg: AccelConfig, where: str) -> tuple[LayerC
         _expect(h["log2_d"] <= 6, where, "header log2_d", "0..6", h["log2_d"])
     try:
         lc = layer_config_of_header(h)
+    except ConfigError as e:
+        raise ImageError(f"{where}: header: {e}") from None
+    try:
         cfg.check_layer(lc, h["rows"], h["cols"], f"{where}: header")
     except ConfigError as e:
         raise ImageError(str(e)) from None
@@ -554,7 +557,7 @@ def read_images(root: str | os.PathLike) -> ImageSet:
     where = str(mpath)
     _expect(isinstance(m, dict) and m.get("format") == FORMAT_NAME, where, "format",
             FORMAT_NAME, repr(m.get("format")) if isinstance(m, dict) else type(m).__name__)
-    if m.get("version") == 1:
+    if type(m.get("version")) is int and m["version"] == 1:
         raise ImageError(f"{mpath}: version: expected {FORMAT_VERSION}, found 1 (a version 1 "
                          f"image set, which this accelerator no longer reads; recompress it "
                          f"with `ssvq compress`)")
