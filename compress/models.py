@@ -16,7 +16,8 @@
   (reshaped to out x in*kh*kw) is a layer; its bias is the sibling
   ``<prefix>.bias``. A bare state dict cannot be run, so its calibration
   activations are seeded standard-normal noise, not real inputs
-  (`LoadedModel.calibration_source` says which one a model uses).
+  (`LoadedModel.calibration_source` says which one a model uses); give real ones
+  with compress.calib.load_calibration (`ssvq compress --calib FILE`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssvq.cli import UserError
+from compress.calib import capture_inputs
+from ssvq.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache"
@@ -90,41 +92,6 @@ def _find_named(copy_root: nn.Module, linear: dict[str, nn.Module], orig_root: n
         yield name, copied[path_of[id(mod)]]
 
 
-def _hook_capture(module: nn.Module, linear: dict[str, nn.Module], run: Callable[[], None],
-                  max_tokens: int) -> dict[str, np.ndarray]:
-    """Runs `run()` with forward hooks on the given layers and returns each
-    layer's inputs flattened to (tokens, in_features), at most max_tokens rows."""
-    got: dict[str, list[np.ndarray]] = {n: [] for n in linear}
-    counts = {n: 0 for n in linear}
-
-    def make(name):
-        def hook(_mod, inputs, _out):
-            if counts[name] >= max_tokens:
-                return
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float().numpy()
-            x = x[: max_tokens - counts[name]]
-            got[name].append(x.copy())
-            counts[name] += len(x)
-        return hook
-
-    handles = [mod.register_forward_hook(make(n)) for n, mod in linear.items()]
-    threads = torch.get_num_threads()
-    was_training = module.training
-    try:
-        # the forwards are tiny (one sentence at a time): one thread is as fast
-        # and does not collapse when the machine is shared
-        torch.set_num_threads(1)
-        module.eval()
-        with torch.no_grad():
-            run()
-    finally:
-        module.train(was_training)
-        torch.set_num_threads(threads)
-        for h in handles:
-            h.remove()
-    return {n: np.ascontiguousarray(np.concatenate(v), dtype=np.float32) for n, v in got.items()}
-
-
 def _linear_layers(linear: dict[str, nn.Linear]):
     out = []
     for name, mod in linear.items():
@@ -164,7 +131,7 @@ def _load_minilm() -> LoadedModel:
         def run():
             # batch_size=1: every captured row is a real token, never padding
             st.encode(sentences, batch_size=1, show_progress_bar=False, convert_to_numpy=True)
-        return _hook_capture(st, linear, run, max_tokens)
+        return capture_inputs(st, linear, run, max_tokens)
 
     return LoadedModel("minilm", st, _linear_layers(linear), "real",
                        f"all-MiniLM-L6-v2 from {path}; calibration: {SENTENCES.name} "
@@ -201,12 +168,6 @@ def accuracy(module: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
         pred = module(torch.from_numpy(np.asarray(x, np.float32))).argmax(dim=1).numpy()
     return float((pred == np.asarray(y)).mean())
-
-
-def digits_accuracy(module: nn.Module) -> float:
-    """Test-set accuracy of a digits MLP (e.g. LoadedModel.with_weights(...))."""
-    _, _, xte, yte = digits_data()
-    return accuracy(module, xte, yte)
 
 
 def train_digits(seed: int = 0, epochs: int = 60) -> DigitsMLP:
@@ -260,7 +221,7 @@ def _load_digits(seed: int = 0, cache_dir: Path | None = None) -> LoadedModel:
 
     def calib(max_tokens: int) -> dict[str, np.ndarray]:
         xtr = digits_data()[0][:max_tokens]
-        return _hook_capture(model, linear, lambda: model(torch.from_numpy(xtr)), max_tokens)
+        return capture_inputs(model, linear, lambda: model(torch.from_numpy(xtr)), max_tokens)
 
     return LoadedModel("digits", model, _linear_layers(linear), "real",
                        f"digits MLP 64-128-64-10 (seed {seed}, {path}); calibration: "

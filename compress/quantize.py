@@ -1,53 +1,71 @@
-"""Quantizers that turn one float layer into a `compress.image.LayerImage`.
+"""Post-training quantizers: one float layer -> one `ssvq.image.LayerImage` of any
+`ssvq.config.LayerConfig` the format allows.
 
-Methods (the real weight the hardware realises is always
-``row_scale[r] * cb_scale * w_int[r, c]``; the per-row scale is never streamed,
-it is folded into the row's requantization multiplier):
+The real weight the hardware realises is always
+``row_scale[r] * cb_scale * W_int[r, c]`` with ``W_int = ssvq.reference.weight_matrix``;
+the per-row scale is never streamed, it is folded into the row's requantization
+multiplier.
 
-* ``int8``: per-output-channel symmetric. row_scale[r] = max|w_r| / 127,
-  w_int = round(w / row_scale) in -127..127, cb_scale = 1.
-* ``vq``: each row is divided by its RMS (so every row weighs the same in the
-  clustering objective, which is what per-row relative error asks for; a max
-  normalisation lets one outlier squash the rest of its row), cut into
-  D-vectors along the input dimension (columns zero-padded to a multiple of D),
-  clustered with k-means into K codewords; codewords are quantized to signed
-  int8 with one codebook scale (max|codeword| / 127).
-* ``ssvq``: the same on |w|: the codebook holds unsigned magnitudes quantized
-  to 0..255 (cb_scale = max codeword / 255) and every weight keeps its own sign
-  bit (1 = negative; padded columns 0), so signs are exact.
+* ``int<b>`` (b in 1, 2, 3, 4, 5, 6, 8), per-row symmetric scale s, cb_scale = 1:
+  - int8: s = max|w_r| / 127, W_int = round(w / s) in -127..127 (as before v2);
+  - int2..int6: W_int = clip(round(w / s), -2^(b-1), 2^(b-1)-1) with s = r * max|w_r| /
+    (2^(b-1)-1), r the clipping ratio in linspace(0.2, 1, 40) with the least squared
+    error of the row (`int_row_scale`; quantization-aware training starts from it too);
+  - int1: W_int = +1 where w >= 0, -1 where w < 0; s = mean|w_r| (the least-squares
+    scale of a sign pattern).
+* ``vq-k<K>-d<D>`` (m = 1, no coefficients): each row is divided by its RMS (so every
+  row weighs the same in the clustering objective; a max normalisation lets one
+  outlier squash the rest of its row), cut into D-vectors along the input dimension
+  (columns zero-padded to a multiple of D), clustered with k-means on all points into
+  K codewords, quantized to signed 8-bit with one codebook scale (max|codeword| / 127).
+* ``ssvq-k<K>-d<D>``: the same on |w|: unsigned magnitudes 0..255 (cb_scale = max
+  codeword / 255), and every weight keeps its own sign bit (1 = negative), so signs
+  are exact. If some D-vectors are all zero, codeword 0 is an exact zero and k-means
+  fits the other K-1 to the rest.
+* additive, m in {1, 2} codebooks and coef_bits c in 0..4 (vq or ssvq: `_quant_additive`):
+  vector = sum_i coef_i * codebook_i[code_i].
+  - c = 0, m = 2: residual VQ: stage 2 clusters what stage 1 leaves; a few alternating
+    rounds re-fit each stage's codewords (means of their vectors' targets) and codes;
+    both codebooks share the one 8-bit grid (max|codeword| / 127 or / 255). ssvq: the
+    stage-2 magnitudes are kept >= 0 and its codeword 0 is an exact zero.
+  - c > 0: gain-shape stages: each stage clusters the directions of its residual
+    vectors (k-means), every codeword is stretched to the full 8-bit range (stage 1)
+    or to the share of the range its gains need (stage 2, so both stages' coefficients
+    use the same span), and the layer's grid step is set from a percentile of the
+    stage-1 gains so that the coefficients use their whole signed range. Codes are
+    picked per stage with their rounded least-squares coefficient, then the m
+    coefficients of each vector are solved jointly by least squares and rounded
+    (the best of the 2^m floor/ceil combinations, clipped to the coef_bits range).
+    Coefficients carry the sign: internally the most positive value 2^(c-1) is used
+    (codebook or, for ssvq, the sign bits negated once for the whole layer), so c = 1
+    (values -1 and 0) is a plain codebook with an exact-zero option.
+For every codebook mode the per-row scale is then refit by least squares
+(row_scale = <w_r, q_r> / (cb_scale * <q_r, q_r>)); it costs nothing in the stream.
 
-If some D-vectors are all zero (zero rows, pruned weights) codeword 0 is
-reserved as an exact zero and k-means fits the other K-1 to the rest.
-For vq and ssvq, after every vector is assigned to its nearest *quantized*
-codeword, the per-row scale is refit by least squares
-(row_scale = <w_r, q_r> / (cb_scale * <q_r, q_r>)); it costs nothing in the
-stream because it lives in the multiplier.
-
-Requantization (the formula sim/golden.py:requantize implements):
-act_scale = p99.9(|calib_x|) / 127 and the int8 input is clip(round(x / act_scale));
-out_scale = p99.9(|y|) / 127 over the calibration set, y being the output of the
-compressed layer (int8-quantized input, dequantized weights, integer bias).
-The 99.9th percentile rather than the maximum because transformer activations
-carry a few outlier channels: scaling by the maximum leaves most int8 values at
-0 (seen on MiniLM: 98% zero outputs in a layer); the outliers saturate instead.
-The activation streamed with the layer is the calibration token of median norm,
-a typical input rather than the [CLS] token.
-the real multiplier row_scale*cb_scale*act_scale/out_scale is mult * 2**-shift
-with mult a uint16 normalised into [2**15, 2**16) and shift in 1..63 (tiny
-multipliers use shift 63 and a smaller mult; huge ones saturate at 65535, 1);
-bias_int = round(b / (row_scale*cb_scale*act_scale)) clipped to int32.
+Requantization (ssvq.reference.requantize): act_scale = p99.9(|calib_x|) / 127 and the
+int8 input is clip(round(x / act_scale)); out_scale = p99.9(|y|) / 127 over the
+calibration set, y being the output of the compressed layer (int8-quantized input,
+dequantized weights, integer bias). The 99.9th percentile rather than the maximum
+because transformer activations carry a few outlier channels (MiniLM: 98% zero
+outputs in a layer with max scaling); the outliers saturate instead. The activation
+streamed with the layer is the calibration token of median norm. The real multiplier
+row_scale*cb_scale*act_scale/out_scale is mult * 2**-shift with mult a uint16
+normalised into [2**15, 2**16) and shift in 1..63; bias_int = round(b / (row_scale *
+cb_scale * act_scale)) clipped to int32.
 """
 from __future__ import annotations
 
 import contextlib
 
 import numpy as np
-import torch
 
-from compress.image import LayerImage
-from hw.config import MODES, ROW_SCALE_BITS, AccelConfig
+from ssvq.config import ROW_SCALE_BITS, AccelConfig, LayerConfig
+from ssvq.errors import ConfigError
+from ssvq.image import LayerImage
+from ssvq.reference import outputs, weight_matrix
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+GAIN_SHAPE_ITERS = 8      # Lloyd steps of the float gain-shape stages (additive with coefficients)
 CLIP_PERCENTILE = 99.9  # activation and output scales; see the module docstring
 
 
@@ -77,9 +95,9 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 25) -> tuple[np.ndarra
     """k-means on ALL n points (faiss otherwise subsamples to 256*k).
 
     Returns (centroids (k, d) float32, assign (n,) int64), assign being each
-    point's nearest centroid. With n <= k (or at most k distinct points) the
-    distinct points themselves are the centroids, the spare entries repeat the
-    first one, and the clustering is exact.
+    point's nearest centroid. With at most k distinct points the distinct points
+    themselves are the centroids, the spare entries repeat the first one, and the
+    clustering is exact.
     """
     x = np.ascontiguousarray(np.asarray(x, np.float32))
     if x.ndim != 2 or len(x) == 0:
@@ -100,7 +118,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 25) -> tuple[np.ndarra
     return cent, _nearest(x, cent)
 
 
-# ------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------ requantization
 def _safe_scale(s: np.ndarray) -> np.ndarray:
     """Per-row scales must be > 0 (bias is expressed in their units); all-zero
     rows borrow the mean scale of the other rows (or 1.0)."""
@@ -147,22 +165,67 @@ def quantize_act(x: np.ndarray, act_scale: float) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, np.float64) / act_scale), -128, 127).astype(np.int8)
 
 
-# ------------------------------------------------------------------ weights
-def _quant_int8(w: np.ndarray):
-    row_scale = _safe_scale(np.abs(w).max(axis=1).astype(np.float64) / 127.0)
-    q = np.clip(np.rint(w / row_scale[:, None]), -127, 127).astype(np.int8)
-    return {"weights": q}, row_scale, 1.0
+# ------------------------------------------------------------------ int-b
+def int_range(bits: int) -> tuple[int, int]:
+    """Integer weight range of an int-b image as this compressor fills it (int8
+    keeps -127..127, symmetric, as the pre-v2 int8 images; int1 is -1/+1)."""
+    if bits == 1:
+        return -1, 1
+    if bits == 8:
+        return -127, 127
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def _quant_vq(w: np.ndarray, method: str, cfg: AccelConfig, seed: int):
+def int_row_scale(w: np.ndarray, bits: int, grid: int = 40) -> np.ndarray:
+    """Per-row scale of an int-b layer (module docstring), float64 (rows,)."""
+    w = np.asarray(w, np.float64)
+    if bits == 1:
+        return _safe_scale(np.abs(w).mean(axis=1))
+    amax = np.abs(w).max(axis=1)
+    if bits == 8:
+        return _safe_scale(amax / 127.0)
+    qmin, qmax = int_range(bits)
+    best = amax / qmax
+    best_err = np.full(len(w), np.inf)
+    for r in np.linspace(0.2, 1.0, grid):
+        s = np.where(amax > 0, amax * r / qmax, 1.0)
+        q = np.clip(np.rint(w / s[:, None]), qmin, qmax) * s[:, None]
+        err = ((q - w) ** 2).sum(axis=1)
+        better = err < best_err
+        best, best_err = np.where(better, s, best), np.where(better, err, best_err)
+    return _safe_scale(np.where(amax > 0, best, 0.0))
+
+
+def int_weights(w: np.ndarray, bits: int, row_scale: np.ndarray) -> np.ndarray:
+    """int-b weights for the given per-row scales (int1: the signs, 0 -> +1)."""
+    w = np.asarray(w, np.float64)
+    if bits == 1:
+        return np.where(w < 0, -1, 1).astype(np.int8)
+    lo, hi = int_range(bits)
+    return np.clip(np.rint(w / np.asarray(row_scale, np.float64)[:, None]), lo, hi).astype(np.int8)
+
+
+def _quant_int(w: np.ndarray, bits: int):
+    row_scale = int_row_scale(w, bits)
+    return {"weights": int_weights(w, bits, row_scale)}, row_scale, 1.0
+
+
+# ------------------------------------------------------------------ vq / ssvq, m = 1
+def _row_vectors(w: np.ndarray, d: int):
+    """Rows divided by their RMS, zero-padded to V*d columns, as (rows*V, d)."""
     rows, cols = w.shape
-    d, k = cfg.d, cfg.k
     v = -(-cols // d)
     rms = _safe_scale(np.sqrt(np.mean(np.square(w, dtype=np.float64), axis=1)))
     u = np.zeros((rows, v * d), np.float32)
     u[:, :cols] = w / rms[:, None]
-    vecs = u.reshape(rows * v, d)
-    signed = method == "vq"
+    return u.reshape(rows * v, d), rms, v
+
+
+def _quant_vq(w: np.ndarray, lc: LayerConfig, seed: int):
+    rows, cols = w.shape
+    d, k = lc.d, lc.k
+    vecs, rms, v = _row_vectors(w, d)
+    signed = lc.mode == "vq"
     if not signed:
         vecs = np.abs(vecs)
     zero = ~vecs.any(axis=1)
@@ -177,55 +240,280 @@ def _quant_vq(w: np.ndarray, method: str, cfg: AccelConfig, seed: int):
     cb = np.clip(np.rint(cent / cb_scale), -127 if signed else 0, qmax)
     codes = _nearest(vecs, (cb * cb_scale).astype(np.float32))   # nearest quantized codeword
     cb = cb.astype(np.int8 if signed else np.uint8)
-    q = cb.astype(np.float64)[codes].reshape(rows, v * d)[:, :cols]
-    fields = {"codebook": cb, "codes": codes.reshape(rows, v).astype(np.int32)}
+    fields = {"codebook": cb, "codes": codes.reshape(rows, v, 1).astype(np.int32)}
+    if not signed:
+        fields["signs"] = (w < 0).astype(np.uint8)
+    return fields, rms, cb_scale
+
+
+# ------------------------------------------------------------------ additive
+def _canonical(x: np.ndarray, signed: bool) -> np.ndarray:
+    """Directions up to sign: flipped so that the largest-|.| element (vq) or the
+    sum (ssvq, whose codewords are >= 0) is positive."""
+    if signed:
+        key = x[np.arange(len(x)), np.abs(x).argmax(axis=1)]
+    else:
+        key = x.sum(axis=1)
+    return np.where(key[:, None] < 0, -x, x)
+
+
+def _shape_codebook(r: np.ndarray, k: int, signed: bool, seed: int) -> np.ndarray:
+    """k unit-max-abs shapes (float64) clustered from the directions of r's vectors."""
+    d = r.shape[1]
+    norm = np.linalg.norm(r, axis=1)
+    nz = norm > 1e-12 * max(1.0, float(norm.max(initial=0.0)))
+    if not nz.any():
+        return np.zeros((k, d))
+    x = _canonical(r[nz] / norm[nz, None], signed)
+    cent, _ = kmeans(x, k, seed)
+    cent = cent.astype(np.float64)
+    if not signed:
+        cent = np.maximum(cent, 0.0)
+    top = np.abs(cent).max(axis=1, keepdims=True)
+    return np.where(top > 0, cent / np.where(top > 0, top, 1.0), 0.0)
+
+
+def _best_code(r: np.ndarray, cb: np.ndarray, g: float, lo: int, hi: int,
+               chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each vector of r: the codeword j and integer coefficient a in lo..hi
+    minimising ||r - g * a * cb[j]||^2 (a = the rounded, clipped least-squares
+    coefficient). Returns (codes, coefs, the chosen contribution g*a*cb[j])."""
+    cb = np.asarray(cb, np.float64)
+    nn = (cb * cb).sum(axis=1)                                    # (k,)
+    codes = np.empty(len(r), np.int64)
+    coefs = np.empty(len(r), np.int64)
+    for i in range(0, len(r), chunk):
+        x = r[i:i + chunk]
+        dot = x @ cb.T                                            # (n, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(nn > 0, dot / (g * nn), 0.0)
+        a = np.clip(np.rint(a), lo, hi)
+        err = -2.0 * g * a * dot + (g * a) ** 2 * nn              # minus ||x||^2
+        j = err.argmin(axis=1)
+        codes[i:i + chunk] = j
+        coefs[i:i + chunk] = a[np.arange(len(x)), j]
+    return codes, coefs, g * coefs[:, None] * cb[codes]
+
+
+def _joint_coefs(t: np.ndarray, cw: np.ndarray, g: float, lo: int, hi: int,
+                 start: np.ndarray) -> np.ndarray:
+    """Per vector, the m integer coefficients (lo..hi) for the fixed codewords
+    cw (n, m, d): least squares jointly over the m stages, then the best of the
+    2^m floor/ceil roundings (clipped); `start` (n, m) is kept where it is better."""
+    n, m, _ = cw.shape
+    a = cw * g                                                    # (n, m, d)
+    gram = np.einsum("nid,njd->nij", a, a)
+    rhs = np.einsum("nid,nd->ni", a, t)
+    gram = gram + np.eye(m)[None] * 1e-9 * (np.trace(gram, axis1=1, axis2=2)[:, None, None] + 1e-30)
+    sol = np.linalg.solve(gram, rhs[..., None])[..., 0]           # (n, m)
+
+    def err(c):
+        return ((t - np.einsum("ni,nid->nd", c, a)) ** 2).sum(axis=1)
+
+    best = np.asarray(start, np.float64)
+    best_err = err(best)
+    fl = np.floor(sol)
+    for combo in range(1 << m):
+        c = fl + np.array([(combo >> i) & 1 for i in range(m)], np.float64)[None]
+        c = np.clip(c, lo, hi)
+        e = err(c)
+        better = e < best_err - 1e-12
+        best = np.where(better[:, None], c, best)
+        best_err = np.where(better, e, best_err)
+    return best.astype(np.int64)
+
+
+def _additive_no_coefs(t: np.ndarray, lc: LayerConfig, signed: bool, seed: int, rounds: int = 3):
+    """Residual VQ (c = 0): m float codebooks, then one shared 8-bit grid."""
+    k, d, m = lc.k, lc.d, lc.m
+    n = len(t)
+    qlo, qhi = (-127, 127) if signed else (0, 255)
+    cbs, codes = [], np.zeros((n, m), np.int64)
+    r = t.astype(np.float64)
+    for i in range(m):
+        zero = ~(np.abs(r) > 0).any(axis=1)
+        reserve = (i > 0 and not signed) or (zero.any() and not zero.all())
+        if reserve:      # exact-zero codeword 0 (ssvq stage 2: "no correction")
+            rest = r[~zero] if (zero.any() and not zero.all()) else r
+            c = np.concatenate([np.zeros((1, d)), kmeans(rest, k - 1, seed + i)[0]])
+        else:
+            c = kmeans(r, k, seed + i)[0].astype(np.float64)
+        if not signed:
+            c = np.maximum(c, 0.0)
+        codes[:, i] = _nearest(r, c)
+        cbs.append(c)
+        r = r - c[codes[:, i]]
+    # alternating refinement: each stage's codewords and codes against what the
+    # other stages leave
+    for _ in range(rounds):
+        for i in range(m):
+            others = sum(cbs[j][codes[:, j]] for j in range(m) if j != i)
+            tgt = t - others
+            codes[:, i] = _nearest(tgt, cbs[i])
+            cnt = np.bincount(codes[:, i], minlength=k)
+            sums = np.zeros((k, d))
+            np.add.at(sums, codes[:, i], tgt)
+            new = np.where(cnt[:, None] > 0, sums / np.maximum(cnt, 1)[:, None], cbs[i])
+            if not signed:
+                new = np.maximum(new, 0.0)
+            if i > 0 and not signed:
+                new[0] = 0.0
+            cbs[i] = new
+    top = max(float(np.abs(c).max()) for c in cbs)
+    g = top / qhi if top > 0 else 1.0
+    icb = [np.clip(np.rint(c / g), qlo, qhi) for c in cbs]
+    # final codes against the integer codebooks (alternating, from the float codes)
+    for _ in range(2):
+        for i in range(m):
+            others = sum(icb[j][codes[:, j]] * g for j in range(m) if j != i)
+            codes[:, i] = _nearest(t - others, icb[i] * g)
+    return np.concatenate(icb), codes, None, g
+
+
+def _additive_coefs(t: np.ndarray, lc: LayerConfig, signed: bool, seed: int):
+    """Gain-shape stages with per-vector coefficients (c > 0), see the module doc.
+    Internal coefficients lie in -(2^(c-1)-1) .. 2^(c-1) (the negated range)."""
+    k, m, c = lc.k, lc.m, lc.coef_bits
+    lo, hi = -((1 << (c - 1)) - 1), 1 << (c - 1)
+    qlo, qhi = (-127, 127) if signed else (0, 255)
+    t = t.astype(np.float64)
+    # float stages: shapes and gains
+    shapes, gains = [], []
+    r = t.copy()
+    for i in range(m):
+        s = _shape_codebook(r, k, signed, seed + i)
+        for it in range(GAIN_SHAPE_ITERS + 1):
+            nn = (s * s).sum(axis=1)
+            dot = r @ s.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                fit = np.where(nn > 0, dot * dot / nn, -np.inf)
+            j = fit.argmax(axis=1)
+            gam = np.where(nn[j] > 0, dot[np.arange(len(r)), j] / np.where(nn[j] > 0, nn[j], 1), 0)
+            if it == GAIN_SHAPE_ITERS:
+                break
+            # Lloyd step of gain-shape VQ: each shape the least-squares fit of its vectors
+            num = np.zeros_like(s)
+            np.add.at(num, j, gam[:, None] * r)
+            den = np.bincount(j, weights=gam * gam, minlength=k)
+            new = np.where(den[:, None] > 0, num / np.where(den > 0, den, 1)[:, None], s)
+            if not signed:
+                new = np.maximum(new, 0.0)
+            top = np.abs(new).max(axis=1, keepdims=True)
+            s = np.where(top > 0, new / np.where(top > 0, top, 1.0), s)
+        shapes.append(s)
+        gains.append(np.abs(gam))
+        r = r - gam[:, None] * s[j]
+    best = None
+    for pct in (90.0, 99.0, 100.0):
+        big = [float(np.percentile(gm[gm > 0], pct)) if (gm > 0).any() else 0.0 for gm in gains]
+        if big[0] <= 0:
+            continue
+        g = big[0] / (qhi * hi)
+        amp = [min(qhi, max(1.0, qhi * b / big[0])) for b in big]
+        icb = [np.clip(np.rint(s * a), qlo, qhi) for s, a in zip(shapes, amp)]
+        codes = np.zeros((len(t), m), np.int64)
+        coefs = np.zeros((len(t), m), np.int64)
+        contrib = [np.zeros_like(t) for _ in range(m)]
+        for rnd in range(2):        # greedy, then once more against the other stage
+            for i in range(m):
+                tgt = t - sum(contrib[j] for j in range(m) if j != i)
+                codes[:, i], coefs[:, i], contrib[i] = _best_code(tgt, icb[i], g, lo, hi)
+            if m == 1:
+                break
+        cw = np.stack([icb[i][codes[:, i]] for i in range(m)], axis=1)     # (n, m, d)
+        coefs = _joint_coefs(t, cw, g, lo, hi, coefs)
+        err = float(((t - g * np.einsum("ni,nid->nd", coefs, cw)) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, np.concatenate(icb), codes, coefs, g)
+    if best is None:                 # every vector is zero
+        return np.zeros((m * k, lc.d)), np.zeros((len(t), m), np.int64), \
+            np.zeros((len(t), m), np.int64), 1.0
+    _, cb, codes, coefs, g = best
+    return cb, codes, coefs, g
+
+
+def _quant_additive(w: np.ndarray, lc: LayerConfig, seed: int):
+    rows, cols = w.shape
+    vecs, rms, v = _row_vectors(w, lc.d)
+    signed = lc.mode == "vq"
+    t = vecs if signed else np.abs(vecs)
+    if lc.coef_bits == 0:
+        cb, codes, coefs, g = _additive_no_coefs(t, lc, signed, seed)
+        neg_signs = False
+    else:
+        cb, codes, coefs, g = _additive_coefs(t, lc, signed, seed)
+        coefs = -coefs                                  # internal range is the negated one
+        neg_signs = not signed
+        if signed:
+            cb = -cb                                    # so coef * codeword is unchanged
+    fields = {"codebook": cb.astype(np.int8 if signed else np.uint8),
+              "codes": codes.reshape(rows, v, lc.m).astype(np.int32)}
+    if coefs is not None:
+        fields["coefs"] = coefs.reshape(rows, v, lc.m).astype(np.int8)
     if not signed:
         neg = w < 0
-        fields["signs"] = neg.astype(np.uint8)
-        q = np.where(neg, -q, q)
+        fields["signs"] = (~neg if neg_signs else neg).astype(np.uint8)
+    return fields, rms, g
+
+
+# ------------------------------------------------------------------ layers
+def _check_layer(name: str, w, bias, config: LayerConfig):
+    if not isinstance(config, LayerConfig):
+        raise ConfigError(f"layer {name}: expected a LayerConfig, found {config!r}")
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2 or w.size == 0:
+        raise ValueError(f"layer {name}: expected a non-empty 2-D weight, found shape {w.shape}")
+    if config.mode != "int" and config.d > 64:
+        raise ConfigError(f"layer {name}: {config.name}: d={config.d} is above 64")
+    if bias is not None:
+        bias = np.asarray(bias, np.float32).reshape(-1)
+        if bias.shape != (w.shape[0],):
+            raise ValueError(f"layer {name}: bias expected ({w.shape[0]},), found {bias.shape}")
+    return w, bias
+
+
+def quantize_weights(w: np.ndarray, config: LayerConfig, seed: int = 0, name: str = "layer"):
+    """The weight side only: (fields, row_scale float64 (rows,), cb_scale) for
+    `config` (see the module docstring). Quantization-aware training starts here."""
+    w, _ = _check_layer(name, w, None, config)
+    if config.mode == "int":
+        fields, rs, cs = _quant_int(w, config.bits)
+        return fields, rs, cs
+    if config.m == 1 and config.coef_bits == 0:
+        fields, rms, cs = _quant_vq(w, config, seed)
+    else:
+        fields, rms, cs = _quant_additive(w, config, seed)
     # least-squares refit of the per-row scale (free: it is folded into mult)
+    tmp = LayerImage(name, config, w.shape[0], w.shape[1], None, None, None, None, **fields)
+    q = weight_matrix(tmp).astype(np.float64)
     num = np.sum(w.astype(np.float64) * q, axis=1)
-    den = np.sum(q * q, axis=1) * cb_scale
+    den = np.sum(q * q, axis=1) * cs
     with np.errstate(divide="ignore", invalid="ignore"):
         fit = num / den
     row_scale = np.where(np.isfinite(fit) & (fit > 0), fit, rms)
-    return fields, row_scale, cb_scale
+    return fields, row_scale, cs
 
 
 def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: np.ndarray,
-                   method: str, cfg: AccelConfig, seed: int = 0) -> LayerImage:
-    """Compresses one layer (w: rows=out x cols=in) with real calibration inputs
-    calib_x (n, cols). See the module docstring for each method."""
-    if method not in MODES:
-        raise ValueError(f"layer {name}: method must be one of {MODES}, found {method!r}")
-    w = np.asarray(w, np.float32)
-    if w.ndim != 2:
-        raise ValueError(f"layer {name}: expected a 2-D weight, found shape {w.shape}")
-    rows, cols = w.shape
-    cfg.check_shape(rows, cols, f"layer {name}")
+                   config: LayerConfig, seed: int = 0) -> LayerImage:
+    """Compresses one layer (w: rows = out x cols = in) into `config` with real
+    calibration inputs calib_x (n, cols)."""
+    w, bias = _check_layer(name, w, bias, config)
+    cols = w.shape[1]
     x = np.asarray(calib_x, np.float32)
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2 or x.shape[1] != cols or len(x) == 0:
         raise ValueError(f"layer {name}: calibration expected (n, {cols}), found {x.shape}")
-    if bias is not None:
-        bias = np.asarray(bias, np.float32).reshape(-1)
-        if bias.shape != (rows,):
-            raise ValueError(f"layer {name}: bias expected ({rows},), found {bias.shape}")
-
-    if method == "int8":
-        fields, row_scale, cb_scale = _quant_int8(w)
-    else:
-        fields, row_scale, cb_scale = _quant_vq(w, method, cfg, seed)
-
-    return image_from_fields(name, method, fields, row_scale, cb_scale, bias, x)
+    fields, row_scale, cb_scale = quantize_weights(w, config, seed, name)
+    return image_from_fields(name, config, fields, row_scale, cb_scale, bias, x)
 
 
-def image_from_fields(name: str, mode: str, fields: dict, row_scale, cb_scale: float,
+def image_from_fields(name: str, config: LayerConfig, fields: dict, row_scale, cb_scale: float,
                       bias: np.ndarray | None, calib_x: np.ndarray) -> LayerImage:
-    """A LayerImage from integer weight fields (codebook/codes/signs or weights)
+    """A LayerImage from integer weight fields (codebook/codes/coefs/signs or weights)
     and their scales, with the requantization derived from calibration inputs
-    (see the module docstring). Post-training and trained compressors share it."""
+    (module docstring). Post-training and trained compressors share it."""
     x = np.asarray(calib_x, np.float32)
     if x.ndim == 1:
         x = x[None]
@@ -234,64 +522,30 @@ def image_from_fields(name: str, mode: str, fields: dict, row_scale, cb_scale: f
     amax = float(np.percentile(np.abs(x), CLIP_PERCENTILE))
     act_scale = amax / 127.0 if amax > 0 else 1.0
     typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
-    img = LayerImage(name=name, mode=mode, rows=rows, cols=cols, bias=None, mult=None,
+    img = LayerImage(name=name, config=config, rows=rows, cols=cols, bias=None, mult=None,
                      shift=None, act=quantize_act(x[typical], act_scale), **fields)
-    img.scales = {"row_scale": row_scale, "cb_scale": cb_scale, "act_scale": act_scale}
+    img.scales = {"row_scale": row_scale, "cb_scale": float(cb_scale),
+                  "act_scale": float(act_scale)}
     # output scale from the compressed layer's own output on the calibration set
     unit = row_scale * cb_scale * act_scale
     bias_int = requantize_params(row_scale, cb_scale, act_scale, 1.0, bias)[0]
-    wdeq = torch.from_numpy(dequantize(img).astype(np.float32))
-    xq = torch.from_numpy(quantize_act(x, act_scale).astype(np.float32) * np.float32(act_scale))
-    y = (xq @ wdeq.T).numpy().astype(np.float64) + bias_int.astype(np.float64) * unit
+    wdeq = dequantize(img).astype(np.float32)
+    xq = quantize_act(x, act_scale).astype(np.float32) * np.float32(act_scale)
+    y = (xq @ wdeq.T).astype(np.float64) + bias_int.astype(np.float64) * unit
     ymax = float(np.percentile(np.abs(y), CLIP_PERCENTILE))
     out_scale = ymax / 127.0 if ymax > 0 else 1.0
     img.bias, img.mult, img.shift = requantize_params(row_scale, cb_scale, act_scale,
                                                       out_scale, bias)
-    img.scales = {"row_scale": np.asarray(row_scale, np.float64),
-                  "cb_scale": float(cb_scale), "act_scale": float(act_scale),
-                  "out_scale": float(out_scale)}
+    img.scales["out_scale"] = float(out_scale)
     return img
 
 
-# ------------------------------------------------------------------ reference forward
-def integer_weights(img: LayerImage) -> np.ndarray:
-    """(rows, cols) int64 weights rebuilt from codebook/codes/signs or weights."""
-    if img.mode == "int8":
-        return np.asarray(img.weights, np.int64)
-    cb = np.asarray(img.codebook, np.int64)
-    codes = np.asarray(img.codes, np.int64)
-    d = cb.shape[1]
-    w = np.empty((img.rows, codes.shape[1] * d), np.int64)
-    for j in range(d):                       # element j of every vector
-        w[:, j::d] = cb[codes, j]
-    w = w[:, : img.cols]
-    if img.mode == "ssvq":
-        w = w * (1 - 2 * np.asarray(img.signs, np.int64))
-    return w
-
-
-def integer_forward(img: LayerImage, act_int8: np.ndarray | None = None) -> np.ndarray:
-    """Bit-exact integer output of the layer: int8 (rows,) for one (cols,)
-    activation (default img.act), or (n, rows) for an (n, cols) batch.
-
-    acc = W_int @ a (int64); y = ((acc + bias) * mult + 2**(shift-1)) >> shift,
-    arithmetic shift, saturated to -128..127."""
-    a = img.act if act_int8 is None else act_int8
-    a = torch.as_tensor(np.asarray(a, np.int64))
-    wt = torch.from_numpy(integer_weights(img))
-    acc = a @ wt.T                                            # (..., rows) int64
-    shift = torch.from_numpy(np.asarray(img.shift, np.int64))
-    y = (acc + torch.from_numpy(np.asarray(img.bias, np.int64))) \
-        * torch.from_numpy(np.asarray(img.mult, np.int64))
-    y = torch.bitwise_right_shift(y + torch.bitwise_left_shift(torch.ones_like(shift), shift - 1),
-                                  shift)
-    return y.clamp(-128, 127).to(torch.int8).numpy()
-
-
+# ------------------------------------------------------------------ float views
 def dequantize(img: LayerImage) -> np.ndarray:
-    """Real weights (rows, cols) float32 the compressed layer stands for."""
+    """Real weights (rows, cols) float32 the compressed layer stands for:
+    row_scale * cb_scale * ssvq.reference.weight_matrix(img)."""
     rs = np.asarray(img.scales["row_scale"], np.float64)
-    return (rs[:, None] * float(img.scales["cb_scale"]) * integer_weights(img)).astype(np.float32)
+    return (rs[:, None] * float(img.scales["cb_scale"]) * weight_matrix(img)).astype(np.float32)
 
 
 def relative_error(w: np.ndarray, img: LayerImage) -> float:
@@ -301,20 +555,43 @@ def relative_error(w: np.ndarray, img: LayerImage) -> float:
     return float(np.linalg.norm(w - dequantize(img)) / n) if n > 0 else 0.0
 
 
-# ------------------------------------------------------------------ size
-def bits_breakdown(cfg: AccelConfig, mode: str, rows: int, cols: int) -> dict:
-    """Bits one layer costs as the format streams it (codes, signs and int8
-    weights padded to whole weight blocks) plus ROW_SCALE_BITS per row for the
-    row scale, from the cost model. Keys: codebook, codes, signs, weights,
-    row_scale, total."""
-    from sim.cost import layer_cost
+def float_outputs(img: LayerImage, x: np.ndarray) -> np.ndarray:
+    """The integer layer (ssvq.reference.outputs) on float inputs x (n, cols):
+    x quantized with the layer's act_scale, int8 outputs times out_scale."""
+    a = quantize_act(x, img.scales["act_scale"])
+    return outputs(img, a).astype(np.float64) * img.scales["out_scale"]
 
-    c = layer_cost(cfg, mode, rows, cols)
-    out = {k: getattr(c, k) for k in ("codebook", "codes", "signs", "weights")}
+
+# ------------------------------------------------------------------ size
+def stream_base(mults: int = 32, bus: int = 64) -> AccelConfig:
+    """The smallest valid build with these mults and bus: enough for stream
+    geometry (which depends on nothing else) and to check the two numbers."""
+    return AccelConfig(kmax=2, d_set=(1,), int_bits=(1,), modes=("int",), m_max=1,
+                       coef_bits_max=0, mults=mults, bus=bus)
+
+
+def layer_bits(config: LayerConfig, rows: int, cols: int, mults: int = 32,
+               bus: int = 64) -> dict:
+    """Bits one layer costs as the v2 stream carries it: the codebook and weight
+    sections in whole beats (records laid end to end, the last beat padded), plus
+    ROW_SCALE_BITS per row for the row scale a float model would store. Keys:
+    codebook, codes, coefs, signs, weights (int), padding, row_scale, total."""
+    if config.mode != "int" and config.d > mults:
+        raise ConfigError(f"{config.name}: d={config.d} is above mults={mults}")
+    geo = stream_base(mults, bus).geometry(config, rows, cols)
+    groups = geo.records["weights"]
+    out = {"codebook": geo.beats["codebook"] * bus,
+           "codes": groups * geo.code_field_bits if config.mode != "int" else 0,
+           "coefs": groups * geo.coef_field_bits,
+           "signs": groups * geo.sign_field_bits,
+           "weights": groups * geo.group_bits if config.mode == "int" else 0}
+    streamed = (geo.beats["codebook"] + geo.beats["weights"]) * bus
+    out["padding"] = streamed - sum(out.values())
     out["row_scale"] = ROW_SCALE_BITS * rows
-    out["total"] = c.weight_side_bits
+    out["total"] = streamed + out["row_scale"]
     return out
 
 
-def bits_per_weight(img: LayerImage, cfg: AccelConfig) -> float:
-    return bits_breakdown(cfg, img.mode, img.rows, img.cols)["total"] / (img.rows * img.cols)
+def bits_per_weight(config: LayerConfig, rows: int, cols: int, mults: int = 32,
+                    bus: int = 64) -> float:
+    return layer_bits(config, rows, cols, mults, bus)["total"] / (rows * cols)

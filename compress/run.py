@@ -1,43 +1,89 @@
-"""`ssvq compress`: model -> calibration -> per-layer quantization -> memory images."""
+"""Whole models: model -> calibration -> plan resolution -> per-layer quantization ->
+memory images (`ssvq compress`, the demo and the quality runs call these).
+
+    compress_model("digits", "ssvq-k16-d4", "out/")                # a layer-config name
+    compress_model("m.pt", CompressionPlan.from_file("plan.json"), "out/",
+                   calib="acts.npz", mults=32, bus=64)
+
+The image set's accelerator config is AccelConfig.covering(every layer's (LayerConfig,
+rows, cols), base mults/bus); the manifest says how each layer was made (`meta` below).
+"""
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from compress.image import write_images
-from compress.models import MAX_DIM, LoadedModel, load_model
-from compress.quantize import bits_breakdown, quantize_layer, relative_error
-from hw.config import AccelConfig, ConfigError
-from ssvq.cli import UserError
-
-DEFAULT_MAX_DIM = 4096
-
-
-def _round_up_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
+from compress.calib import Calibration, load_calibration
+from compress.models import LoadedModel, load_model
+from compress.plan import CompressionPlan, Resolved
+from compress.quantize import layer_bits, quantize_layer, relative_error, stream_base
+from ssvq.config import AccelConfig, LayerConfig
+from ssvq.errors import ConfigError, UserError
+from ssvq.image import FORMAT_NAME, LayerImage, write_images
 
 
-def config_for(model: LoadedModel, k: int = 256, d: int = 8, mults: int = 32, bus: int = 64,
-               layers: list[str] | None = None) -> AccelConfig:
-    """AccelConfig whose max_rows/max_cols hold every selected layer: 4096, or
-    the largest dimension rounded up to a power of two (at most 65535)."""
-    sel = [(n, w) for n, w, _ in _select(model, layers)]
-    rows = max(w.shape[0] for _, w in sel)
-    cols = max(w.shape[1] for _, w in sel)
-    max_rows = min(MAX_DIM, max(DEFAULT_MAX_DIM, _round_up_pow2(rows)))
-    max_cols = min(MAX_DIM, max(DEFAULT_MAX_DIM, _round_up_pow2(cols)))
-    AccelConfig(k=k, d=d, mults=mults, bus=bus)      # a bad k/d/mults/bus is reported as such
+# ------------------------------------------------------------------ output folder
+def is_image_set(path: str | Path) -> bool:
+    """A folder with a manifest.json whose format is "ssvq-image" (any version)."""
+    m = Path(path) / "manifest.json"
     try:
-        return AccelConfig(k=k, d=d, mults=mults, bus=bus, max_rows=max_rows, max_cols=max_cols)
-    except ConfigError as e:
-        name, w = max(sel, key=lambda t: t[1].shape[1])
-        raise UserError(f"{model.name}: layer {name} ({w.shape[0]} x {w.shape[1]}) does not "
-                        f"fit the accelerator: {e}") from None
+        d = json.loads(m.read_bytes().decode("utf-8-sig"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(d, dict) and d.get("format") == FORMAT_NAME
 
 
-def _select(model: LoadedModel, layers: list[str] | None):
+def check_out_path(out: str | Path, force: bool = False, flag: str = "--out"):
+    """Refuses (UserError, nothing touched) an output path that exists and is a file,
+    or a folder that is neither empty nor an image set written by ssvq, unless force."""
+    p = Path(out)
+    if p.parent.exists() and not p.parent.is_dir():
+        raise UserError(f"{flag} {p}: expected a folder path, found that {p.parent} is a file")
+    if not (p.exists() or p.is_symlink()) or force:
+        return
+    if p.is_dir():
+        if is_image_set(p):
+            return
+        entries = sorted(x.name for x in p.iterdir())
+        if not entries:
+            return
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UserError(f"{flag} {p}: expected a new path or an image set written by ssvq "
+                        f"(manifest.json of format {FORMAT_NAME!r}), found a folder that is "
+                        f"not one ({len(entries)} entries: {shown}); nothing was touched "
+                        f"(--force replaces it)")
+    raise UserError(f"{flag} {p}: expected a new path or an image set written by ssvq, found "
+                    f"{'a file' if p.is_file() else 'something that is not a folder'}; "
+                    f"nothing was touched (--force replaces it)")
+
+
+# ------------------------------------------------------------------ configs
+def accel_config_for(layers: list[tuple[str, LayerConfig, int, int]], mults: int = 32,
+                     bus: int = 64) -> AccelConfig:
+    """AccelConfig.covering of [(name, config, rows, cols)] with this mults/bus; a
+    layer no build can run is a ConfigError naming it."""
+    base = stream_base(mults, bus)
+    for name, lc, rows, cols in layers:
+        try:
+            AccelConfig.covering([(lc, rows, cols)], base=base).check_layer(lc, rows, cols)
+        except ConfigError as e:
+            raise ConfigError(f"layer {name} ({lc.name}, {rows} x {cols}): {e}") from None
+    return AccelConfig.covering([(lc, r, c) for _, lc, r, c in layers], base=base)
+
+
+def write_model_images(out: str | Path, images: list[LayerImage], meta: dict | None = None,
+                       layer_meta: dict | None = None, mults: int = 32, bus: int = 64) -> Path:
+    """Writes images (post-training or trained) with the covering accelerator config."""
+    cfg = accel_config_for([(im.name, im.config, im.rows, im.cols) for im in images], mults, bus)
+    return Path(write_images(out, cfg, images, meta=meta, layer_meta=layer_meta))
+
+
+# ------------------------------------------------------------------ layers
+def select_layers(model: LoadedModel, layers: list[str] | None):
     if not layers:
         return list(model.layers)
     names = model.layer_names
@@ -50,61 +96,109 @@ def _select(model: LoadedModel, layers: list[str] | None):
     return [t for t in model.layers if t[0] in want]
 
 
-def compress_model(spec: str | LoadedModel, method: str, cfg: AccelConfig,
-                   out: str | Path, seed: int = 0, layers: list[str] | None = None,
-                   progress=print) -> Path:
-    """Compresses every (or the named) layer of `spec` and writes the image
-    folder `out`; returns its path. `progress` gets one line per step (or None)."""
-    say = progress or (lambda *_: None)
-    t0 = time.perf_counter()
-    model = spec if isinstance(spec, LoadedModel) else load_model(spec, seed=seed)
-    chosen = _select(model, layers)
-    for n, w, _ in chosen:
-        try:
-            cfg.check_shape(*w.shape, f"{model.name}: layer {n}")
-        except ConfigError as e:
-            raise UserError(str(e)) from None
-    say(f"model {model.name}: {model.description}")
-    if model.calibration_source != "real":
-        say("calibration: NOT real activations - a bare state dict cannot be run, so every "
-            "layer is calibrated with seeded standard-normal inputs")
-    t = time.perf_counter()
-    calib = model.calibration()
-    say(f"calibration: {len(next(iter(calib.values())))} vectors per layer "
-        f"({model.calibration_source}, {time.perf_counter() - t:.1f}s)")
+def model_calibration(model: LoadedModel, chosen, calib=None) -> Calibration:
+    """The user's calibration (a .npz/.safetensors/.pt2 path, a {name: array} dict or
+    a Calibration) or else the model's own (real, or random-normal for a state dict)."""
+    if isinstance(calib, Calibration):
+        return calib
+    if isinstance(calib, dict):
+        return Calibration({n: np.asarray(calib[n], np.float32) for n, _, _ in chosen},
+                           "given", "activations passed to compress_model")
+    if calib is not None:
+        return load_calibration(calib, [(n, w.shape[1]) for n, w, _ in chosen])
+    src = model.calibration_source
+    desc = ("the model's own inputs through forward hooks" if src == "real" else
+            "seeded standard-normal activations (a bare state dict cannot be run; give "
+            "--calib for real ones)")
+    return Calibration(model.calibration(), src, desc)
 
-    imgs, bpw, err, total_bits, total_w = [], {}, {}, 0, 0
+
+@dataclass
+class Compressed:
+    """What compress_layers made: images in model order, how each was resolved,
+    and the manifest's meta / per-layer meta."""
+    images: list[LayerImage]
+    resolved: dict[str, Resolved]
+    meta: dict
+    layer_meta: dict
+    config: AccelConfig
+    errors: dict = field(default_factory=dict)
+
+
+def compress_layers(model: LoadedModel, plan, calib=None, *, seed: int = 0,
+                    layers: list[str] | None = None, mults: int = 32, bus: int = 64,
+                    progress=None) -> Compressed:
+    """Resolves and compresses every (or the named) layer of `model` (in memory).
+    plan: CompressionPlan, plan dict, LayerConfig, or method / layer-config name."""
+    say = progress or (lambda *_: None)
+    plan = CompressionPlan.coerce(plan)
+    chosen = select_layers(model, layers)
+    resolved = {n: plan.explain(n, *w.shape) for n, w, _ in chosen}
+    cfg = accel_config_for([(n, resolved[n].config, *w.shape) for n, w, _ in chosen],
+                           mults, bus)
+    unused = plan.unused_patterns(n for n, _, _ in chosen)
+    if unused:
+        say(f"plan: pattern(s) {unused} match no layer")
+    t = time.perf_counter()
+    cal = model_calibration(model, chosen, calib)
+    rows = sorted({len(cal.data[n]) for n, _, _ in chosen})
+    say(f"calibration: {cal.source}: {cal.description}; {rows[0]}"
+        f"{'' if len(rows) == 1 else '..' + str(rows[-1])} vectors per layer "
+        f"({time.perf_counter() - t:.1f}s)")
+    if cal.source == "random-normal":
+        say("calibration: NOT real activations - every layer is calibrated with seeded "
+            "standard-normal inputs")
+    imgs, layer_meta, bpw, err = [], {}, {}, {}
+    total_bits = total_w = 0
     for i, (name, w, b) in enumerate(chosen):
         t = time.perf_counter()
-        img = quantize_layer(name, w, b, calib[name], method, cfg, seed=seed)
-        bits = bits_breakdown(cfg, method, img.rows, img.cols)["total"]
-        bpw[name] = bits / (img.rows * img.cols)
+        r = resolved[name]
+        img = quantize_layer(name, w, b, cal.data[name], r.config, seed=seed)
+        bits = layer_bits(r.config, img.rows, img.cols, mults, bus)
+        bpw[name] = bits["total"] / (img.rows * img.cols)
         err[name] = relative_error(w, img)
-        total_bits += bits
+        total_bits += bits["total"]
         total_w += img.rows * img.cols
         imgs.append(img)
-        say(f"[{i + 1}/{len(chosen)}] {name} {img.rows} x {img.cols}  rel.err {err[name]:.4f}"
-            f"  bits/weight {bpw[name]:.3f}  ({time.perf_counter() - t:.2f}s)")
-    total_err = float(np.sqrt(sum((err[n] * np.linalg.norm(w)) ** 2 for n, w, _ in chosen)
-                              / sum(np.linalg.norm(w) ** 2 for _, w, _ in chosen)))
+        layer_meta[name] = {"plan": r.to_meta(), "bits": bits, "bits_per_weight": bpw[name],
+                            "rel_weight_error": err[name],
+                            "calibration_rows": int(len(cal.data[name]))}
+        say(f"[{i + 1}/{len(chosen)}] {name} {img.rows} x {img.cols} {r.config.name} "
+            f"({r.rule})  rel.err {err[name]:.4f}  bits/weight {bpw[name]:.3f}  "
+            f"({time.perf_counter() - t:.2f}s)")
+    norms = {n: float(np.linalg.norm(w)) for n, w, _ in chosen}
+    den = sum(v * v for v in norms.values())
+    total_err = float(np.sqrt(sum((err[n] * norms[n]) ** 2 for n in err) / den)) if den else 0.0
     meta = {
-        "model": model.name, "model_spec": spec if isinstance(spec, str) else model.name,
-        "method": method, "k": cfg.k, "d": cfg.d, "seed": seed,
-        "calibration": model.calibration_source,
+        "model": model.name, "seed": seed, "plan": plan.to_dict(),
+        "configs": {n: resolved[n].config.name for n, _, _ in chosen},
+        "calibration": cal.to_meta(), "mults": mults, "bus": bus,
         "bits_per_weight": {"total": total_bits / total_w, "layers": bpw},
         "rel_weight_error": {"total": total_err, "layers": err},
     }
+    return Compressed(imgs, resolved, meta, layer_meta, cfg)
+
+
+def compress_model(spec: str | LoadedModel, plan="ssvq", out: str | Path = "images", *,
+                   seed: int = 0, layers: list[str] | None = None, calib=None,
+                   mults: int = 32, bus: int = 64, force: bool = False,
+                   progress=print) -> Path:
+    """Compresses a model (minilm | digits | state-dict path | LoadedModel) with a plan
+    and writes the image folder `out` (refused by check_out_path unless force);
+    returns its path. `progress` gets one line per step (or None)."""
+    say = progress or (lambda *_: None)
+    check_out_path(out, force)
+    stream_base(mults, bus)
+    plan = CompressionPlan.coerce(plan)
+    t0 = time.perf_counter()
+    model = spec if isinstance(spec, LoadedModel) else load_model(spec, seed=seed)
+    say(f"model {model.name}: {model.description}")
+    c = compress_layers(model, plan, calib, seed=seed, layers=layers, mults=mults, bus=bus,
+                        progress=say)
+    c.meta["model_spec"] = spec if isinstance(spec, str) else model.name
     t = time.perf_counter()
-    path = write_images(out, cfg, imgs, meta=meta)
-    say(f"wrote {len(imgs)} layers to {path} ({time.perf_counter() - t:.1f}s); "
-        f"{total_bits / total_w:.3f} bits/weight, rel.err {total_err:.4f}, "
-        f"total {time.perf_counter() - t0:.1f}s")
+    path = write_images(out, c.config, c.images, meta=c.meta, layer_meta=c.layer_meta)
+    say(f"wrote {len(c.images)} layers to {path} ({time.perf_counter() - t:.1f}s); "
+        f"{c.meta['bits_per_weight']['total']:.3f} bits/weight, rel.err "
+        f"{c.meta['rel_weight_error']['total']:.4f}, total {time.perf_counter() - t0:.1f}s")
     return Path(path)
-
-
-def compress_cmd(args) -> int:
-    AccelConfig(k=args.k, d=args.d, mults=args.mults, bus=args.bus)   # fail before loading
-    model = load_model(args.model, seed=args.seed)
-    cfg = config_for(model, args.k, args.d, args.mults, args.bus, args.layers)
-    compress_model(model, args.method, cfg, args.out, seed=args.seed, layers=args.layers)
-    return 0

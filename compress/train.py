@@ -9,8 +9,8 @@ Usage (your own loop)::
         loss = F.cross_entropy(qm(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
         qm.step(progress=i / total)          # sign freezing, codebook projection
-    images = qm.export(cfg, calibration)     # list of compress.image.LayerImage
-    qm.write_images("out/", cfg, calibration)
+    images = qm.export(calibration)          # list of ssvq.image.LayerImage
+    qm.write_images("out/", calibration)     # the covering accelerator config
 
 or the provided loop: ``fit(qm, loss_fn, batches, steps=... | budget_s=...)``.
 
@@ -26,17 +26,17 @@ layers with fewer than `skip_below` weights stay float) are replaced in place
   dL/dlatent = dL/dW * C[code] * s. C is rounded to the 8-bit grid the image
   stores (cb_scale = max C / 255, straight-through) in every forward pass, so
   training sees exactly the exported weights. Initialisation is the
-  post-training image of compress.quantize.quantize_layer (faiss k-means on
-  |w| / rms(row)); latents start at w / rms(row).
+  post-training weight side of compress.quantize.quantize_weights (faiss k-means
+  on |w| / rms(row)); latents start at w / rms(row).
 * ``VQLinear``: W = C[code] * s, signed C (cb_scale = max|C| / 127). The
   codeword gradient is the sum of its assigned weights' gradients times s,
   which autograd produces through the gather C[code].
-* ``UniformLinear`` (int8/int4/int3): per-output-channel symmetric fake
-  quantization W = s * clamp(round(w / s), -2^(b-1), 2^(b-1)-1) with a
-  straight-through round, a float shadow weight w and a learnable per-row
-  scale (LSQ-style gradient). int8 starts from max|w_r| / 127 (as the
-  post-training int8 image); int4/int3 from the per-row clipping ratio that
-  minimises the squared error.
+* ``UniformLinear`` (int2..int6, int8): per-output-channel symmetric fake
+  quantization W = s * clamp(round(w / s), lo, hi) (compress.quantize.int_range:
+  -2^(b-1)..2^(b-1)-1, int8 -127..127) with a straight-through round, a float
+  shadow weight w and a learnable per-row scale (LSQ-style gradient), starting
+  from the post-training scale (compress.quantize.int_row_scale). It exports a
+  real int-b image (LayerConfig int-b), so its bits are the bits it streams.
 
 Sign freezing (SSVQ). Every `step()` counts, per latent, how often its sign
 flipped. With progress p in [0, 1] (fraction of training done):
@@ -63,6 +63,7 @@ and costs a visible dip); on digits the two are within one test image.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -72,12 +73,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.image import LayerImage, write_images
-from compress.quantize import (bits_breakdown, dequantize, image_from_fields,
-                               quantize_layer)
-from hw.config import ROW_SCALE_BITS, AccelConfig
+from compress.calib import capture_inputs
+from compress.quantize import (dequantize, image_from_fields, int_range, int_row_scale,
+                               layer_bits, quantize_weights)
+from compress.run import write_model_images
+from ssvq.config import LayerConfig
+from ssvq.errors import ConfigError
+from ssvq.image import LayerImage
 
-UNIFORM = {"int8": 8, "int4": 4, "int3": 3}
+UNIFORM = {f"int{b}": b for b in (2, 3, 4, 5, 6, 8)}
 METHODS = ("ssvq", "vq") + tuple(UNIFORM)
 
 
@@ -86,7 +90,7 @@ METHODS = ("ssvq", "vq") + tuple(UNIFORM)
 class QuantSpec:
     """How one layer is quantized and trained.
 
-    method: ssvq | vq | int8 | int4 | int3. k, d: codebook entries and vector
+    method: ssvq | vq | int2 .. int6 | int8. k, d: codebook entries and vector
     length (ssvq, vq). codes: "fixed" or "reassign" (ssvq). flip_threshold,
     freeze_start, freeze_end: the sign-freezing rule (module docstring).
     ste_clip: None for the identity straight-through estimator, or c to pass
@@ -105,18 +109,41 @@ class QuantSpec:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"QuantSpec: method must be one of {METHODS}, found {self.method!r}")
+            raise ConfigError(f"QuantSpec: method: expected one of {METHODS}, found "
+                              f"{self.method!r}" + (" (int1 is post-training only)"
+                                                    if self.method == "int1" else ""))
         if self.codes not in ("fixed", "reassign"):
-            raise ValueError(f"QuantSpec: codes must be 'fixed' or 'reassign', found {self.codes!r}")
+            raise ConfigError(f"QuantSpec: codes: expected 'fixed' or 'reassign', found "
+                              f"{self.codes!r}")
         if not 0.0 <= self.freeze_start <= self.freeze_end <= 1.0:
-            raise ValueError("QuantSpec: need 0 <= freeze_start <= freeze_end <= 1, found "
-                             f"{self.freeze_start}, {self.freeze_end}")
-        if self.method in ("ssvq", "vq"):
-            AccelConfig(k=self.k, d=self.d)          # k, d must be accelerator-legal
+            raise ConfigError("QuantSpec: need 0 <= freeze_start <= freeze_end <= 1, found "
+                              f"{self.freeze_start}, {self.freeze_end}")
+        self.layer_config                           # k, d must make a legal layer config
 
     @property
     def bits(self) -> int | None:
         return UNIFORM.get(self.method)
+
+    @property
+    def layer_config(self) -> LayerConfig:
+        """The image configuration this spec exports."""
+        if self.method in UNIFORM:
+            return LayerConfig("int", bits=UNIFORM[self.method])
+        return LayerConfig(self.method, k=self.k, d=self.d, m=1, coef_bits=0)
+
+    def to_dict(self) -> dict:
+        """Every field (the training recipe, stored in the manifest of trained images)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "QuantSpec") -> "QuantSpec":
+        known = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected an object, found {type(d).__name__}")
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; expected one of {known}")
+        return cls(**d)
 
 
 def SSVQ(k: int = 256, d: int = 8, **kw) -> QuantSpec:
@@ -128,6 +155,7 @@ def VQ(k: int = 256, d: int = 4, **kw) -> QuantSpec:
 
 
 def Uniform(bits: int = 8, **kw) -> QuantSpec:
+    """Uniform int-b QAT, b in 2..6 or 8; exports int-b images."""
     return QuantSpec(f"int{bits}", **kw)
 
 
@@ -161,11 +189,6 @@ def _cb_scale(c: torch.Tensor, signed: bool) -> torch.Tensor:
     return torch.where(top > 0, top / qmax, torch.ones_like(top))
 
 
-def _layer_config(spec: QuantSpec, rows: int, cols: int) -> AccelConfig:
-    return AccelConfig(k=spec.k, d=spec.d, max_rows=max(4096, 1 << (rows - 1).bit_length()),
-                       max_cols=max(4096, 1 << (cols - 1).bit_length()))
-
-
 # ------------------------------------------------------------------ layers
 class QuantLinear(nn.Module):
     """Base: a drop-in for nn.Linear whose weight is rebuilt each forward."""
@@ -191,11 +214,13 @@ class QuantLinear(nn.Module):
     def groups(self) -> dict[str, list[nn.Parameter]]:
         raise NotImplementedError
 
-    def bits(self, cfg: AccelConfig | None = None) -> int:
-        raise NotImplementedError
+    def bits(self, mults: int = 32, bus: int = 64) -> int:
+        """Bits the exported image streams (compress.quantize.layer_bits)."""
+        return layer_bits(self.spec.layer_config, self.out_features, self.in_features, mults,
+                          bus)["total"]
 
-    def image_fields(self) -> tuple[str, dict, np.ndarray, float]:
-        """(mode, integer fields, row_scale float64 (rows,), cb_scale)."""
+    def image_fields(self) -> tuple[LayerConfig, dict, np.ndarray, float]:
+        """(layer config, integer fields, row_scale float64 (rows,), cb_scale)."""
         raise NotImplementedError
 
     def extra_repr(self):
@@ -208,17 +233,13 @@ class _CodebookLinear(QuantLinear):
     def __init__(self, linear: nn.Linear, spec: QuantSpec, name: str):
         super().__init__(linear, spec, name)
         w = linear.weight.detach().float().cpu().numpy()
-        rows, cols = w.shape
-        cfg = _layer_config(spec, rows, cols)
-        img = quantize_layer(name, w, None, np.zeros((1, cols), np.float32), self.method,
-                             cfg, seed=spec.seed)
-        cb = torch.from_numpy(np.asarray(img.codebook, np.float32) * np.float32(img.scales["cb_scale"]))
+        fields, rs, cs = quantize_weights(w, spec.layer_config, seed=spec.seed, name=name)
+        cb = torch.from_numpy(np.asarray(fields["codebook"], np.float32) * np.float32(cs))
         self.codebook = nn.Parameter(cb)                                    # (K, D)
-        rs = np.asarray(img.scales["row_scale"], np.float64)
         self.log_scale = nn.Parameter(torch.from_numpy(np.log(rs).astype(np.float32)))
-        self.register_buffer("codes", torch.from_numpy(np.asarray(img.codes, np.int64)))
+        codes = np.asarray(fields["codes"], np.int64)[:, :, 0]              # (rows, V), m = 1
+        self.register_buffer("codes", torch.from_numpy(codes))
         self.v = self.codes.shape[1]
-        self._init_img = img
 
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
@@ -247,25 +268,11 @@ class _CodebookLinear(QuantLinear):
     def groups(self):
         return {"codebook": [self.codebook], "scale": [self.log_scale]}
 
-    def bits(self, cfg: AccelConfig | None = None) -> int:
-        cfg = cfg or _layer_config(self.spec, self.out_features, self.in_features)
-        return bits_breakdown(cfg, self.method, self.out_features, self.in_features)["total"]
-
-    def _fields(self, cfg: AccelConfig | None):
+    def _fields(self):
         q, cs = self.int_codebook()
-        k, d = q.shape
-        if cfg is not None:
-            if cfg.d != d:
-                raise ValueError(f"layer {self.name}: trained with D={d}, the accelerator "
-                                 f"config has D={cfg.d}")
-            if cfg.k < k:
-                raise ValueError(f"layer {self.name}: trained with K={k}, the accelerator "
-                                 f"config has only K={cfg.k}")
-            if cfg.k > k:                               # unused entries, zero
-                q = np.concatenate([q, np.zeros((cfg.k - k, d), np.int64)])
         dtype = np.int8 if self.signed else np.uint8
         fields = {"codebook": q.astype(dtype),
-                  "codes": self.codes.numpy().astype(np.int32)}
+                  "codes": self.codes.numpy().astype(np.int32)[:, :, None]}
         rs = self.scale().detach().double().numpy()
         return fields, rs, cs
 
@@ -277,9 +284,9 @@ class VQLinear(_CodebookLinear):
     def weight_q(self):
         return self.magnitudes() * self.scale()[:, None]
 
-    def image_fields(self, cfg=None):
-        fields, rs, cs = self._fields(cfg)
-        return "vq", fields, rs, cs
+    def image_fields(self):
+        fields, rs, cs = self._fields()
+        return self.spec.layer_config, fields, rs, cs
 
 
 class SSVQLinear(_CodebookLinear):
@@ -298,7 +305,7 @@ class SSVQLinear(_CodebookLinear):
         self.register_buffer("frozen_latent", torch.zeros_like(w))
         self.register_buffer("prev_neg", neg.clone())
         self.register_buffer("flips", torch.zeros(w.shape, dtype=torch.int32))
-        assert bool((neg.numpy().astype(np.uint8) == self._init_img.signs).all())
+        self.register_buffer("init_neg", neg.clone())       # the float weights' signs
 
     def signs(self) -> torch.Tensor:
         s = SignSTE.apply(self.latent, self.spec.ste_clip)
@@ -354,10 +361,14 @@ class SSVQLinear(_CodebookLinear):
         self.codes.copy_(new)
         return changed
 
-    def image_fields(self, cfg=None):
-        fields, rs, cs = self._fields(cfg)
+    def image_fields(self):
+        fields, rs, cs = self._fields()
         fields["signs"] = self.negative().numpy().astype(np.uint8)
-        return "ssvq", fields, rs, cs
+        return self.spec.layer_config, fields, rs, cs
+
+    def signs_changed(self) -> int:
+        """Signs that differ from the original weights' signs now."""
+        return int((self.negative() != self.init_neg).sum())
 
 
 class UniformLinear(QuantLinear):
@@ -368,13 +379,11 @@ class UniformLinear(QuantLinear):
         super().__init__(linear, spec, name)
         self.method = spec.method
         b = spec.bits
-        self.qmin, self.qmax = -(1 << (b - 1)), (1 << (b - 1)) - 1
-        if b == 8:
-            self.qmin = -127                      # the post-training int8 image's range
+        self.qmin, self.qmax = int_range(b)       # int8: -127..127, as the post-training image
         w = linear.weight.detach().float()
         self.shadow = nn.Parameter(w.clone())
-        s = init_uniform_scale(w, b)
-        self.log_scale = nn.Parameter(s.log())
+        s = int_row_scale(w.double().numpy(), b)  # the post-training scale
+        self.log_scale = nn.Parameter(torch.from_numpy(np.log(s)).float())
 
     def scale(self):
         return self.log_scale.exp()
@@ -390,40 +399,16 @@ class UniformLinear(QuantLinear):
     def groups(self):
         return {"shadow": [self.shadow], "scale": [self.log_scale]}
 
-    def bits(self, cfg=None) -> int:
-        return self.spec.bits * self.out_features * self.in_features \
-            + ROW_SCALE_BITS * self.out_features
-
-    def image_fields(self, cfg=None):
+    def image_fields(self):
         with torch.no_grad():
             q = self.int_weights().numpy().astype(np.int8)
         rs = self.scale().detach().double().numpy()
-        return "int8", {"weights": q}, rs, 1.0
+        return self.spec.layer_config, {"weights": q}, rs, 1.0
 
 
-def init_uniform_scale(w: torch.Tensor, bits: int, grid: int = 40) -> torch.Tensor:
-    """Per-row scale: max|w_r| / 127 for 8 bits; for fewer bits the clipping
-    ratio (of max|w_r| / qmax) in [0.2, 1] minimising the row's squared error."""
-    amax = w.abs().amax(dim=1).clamp_min(1e-12)
-    if bits == 8:
-        return amax / 127.0
-    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    best = amax / qmax
-    best_err = torch.full_like(amax, float("inf"))
-    for r in torch.linspace(0.2, 1.0, grid):
-        s = amax * r / qmax
-        q = torch.clamp(torch.round(w / s[:, None]), qmin, qmax) * s[:, None]
-        err = (q - w).pow(2).sum(1)
-        better = err < best_err
-        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
-    return best
+LAYER_TYPES = {"ssvq": SSVQLinear, "vq": VQLinear, **{m: UniformLinear for m in UNIFORM}}
 
 
-LAYER_TYPES = {"ssvq": SSVQLinear, "vq": VQLinear, "int8": UniformLinear,
-               "int4": UniformLinear, "int3": UniformLinear}
-
-
-# ------------------------------------------------------------------ images
 # ------------------------------------------------------------------ the wrapper
 SpecLike = QuantSpec | None
 SpecFn = Callable[[str, nn.Linear], SpecLike]
@@ -473,7 +458,6 @@ class QuantizedModel(nn.Module):
                 progress(f"  init {name} {lin.out_features}x{lin.in_features} {s.method} "
                          f"({time.perf_counter() - t:.2f}s)")
         self.global_step = 0
-        self.total_steps: int | None = None
         self.history: list[dict] = []
 
     # -------- access
@@ -511,15 +495,6 @@ class QuantizedModel(nn.Module):
                 for g, ps in groups.items() if ps]
 
     # -------- schedule
-    def configure(self, total_steps: int | None):
-        """Total optimizer steps, so step() without `progress` knows where it is."""
-        self.total_steps = total_steps
-
-    def progress_at(self, step: int) -> float | None:
-        if self.total_steps:
-            return min(1.0, step / self.total_steps)
-        return None
-
     @staticmethod
     def threshold(spec: QuantSpec, p: float | None) -> tuple[float, bool]:
         """(flip-count threshold, freeze everything) at progress p."""
@@ -532,10 +507,10 @@ class QuantizedModel(nn.Module):
 
     @torch.no_grad()
     def step(self, progress: float | None = None) -> dict:
-        """Call after every optimizer step. progress in [0, 1] (default:
-        global_step / total_steps when configure() was called)."""
+        """Call after every optimizer step. progress in [0, 1] (None: the
+        sign-freezing rule's plain threshold, as before freeze_start)."""
         self.global_step += 1
-        p = progress if progress is not None else self.progress_at(self.global_step)
+        p = progress
         flips = newly = frozen = signs = changed = 0
         for q in self._q.values():
             if isinstance(q, SSVQLinear):
@@ -548,8 +523,6 @@ class QuantizedModel(nn.Module):
                 flips, newly = flips + f, newly + n
                 frozen += int(q.frozen.sum())
                 signs += q.frozen.numel()
-            elif isinstance(q, VQLinear):
-                pass
         rec = {"step": self.global_step, "progress": p}
         if signs:
             rec.update(flip_rate=flips / signs, frozen_fraction=frozen / signs,
@@ -558,14 +531,13 @@ class QuantizedModel(nn.Module):
         return rec
 
     # -------- size
-    def bits(self, cfg: AccelConfig | None = None, float_bits: int = 32) -> dict:
+    def bits(self, mults: int = 32, bus: int = 64, float_bits: int = 32) -> dict:
         """Weight storage of every Linear the wrapper saw: quantized layers as
         their images stream them (codebook, codes, signs, padding, 16-bit row
         scales), skipped layers at `float_bits` per weight."""
         total, n, per = 0, 0, {}
         for name, q in self._q.items():
-            c = cfg if (cfg is not None and isinstance(q, _CodebookLinear)) else None
-            b = q.bits(c)
+            b = q.bits(mults, bus)
             per[name] = b / (q.in_features * q.out_features)
             total += b
             n += q.in_features * q.out_features
@@ -582,55 +554,38 @@ class QuantizedModel(nn.Module):
     def capture(self, run: Callable[[nn.Module], object],
                 max_rows: int = 4096) -> dict[str, np.ndarray]:
         """Inputs of every quantized layer while run(self) executes (eval, no grad)."""
-        got = {n: [] for n in self._q}
-        count = {n: 0 for n in self._q}
+        return capture_inputs(self, self._q, lambda: run(self), max_rows)
 
-        def make(name):
-            def hook(_m, inputs, _o):
-                if count[name] >= max_rows:
-                    return
-                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-                x = x[: max_rows - count[name]].numpy().copy()
-                got[name].append(x)
-                count[name] += len(x)
-            return hook
-
-        hs = [q.register_forward_hook(make(n)) for n, q in self._q.items()]
-        was = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                run(self)
-        finally:
-            for h in hs:
-                h.remove()
-            self.train(was)
-        return {n: np.concatenate(v) for n, v in got.items() if v}
-
-    def export(self, cfg: AccelConfig | None = None,
-               calibration: dict[str, np.ndarray] | Callable[[nn.Module], object] | None = None
-               ) -> list[LayerImage]:
-        """One LayerImage per quantized layer. calibration: {name: (n, cols)}
-        inputs, or a function run(model) whose forward passes are hooked. cfg:
-        the accelerator config (vq/ssvq layers must have its D and at most its
-        K; smaller codebooks are zero-padded)."""
+    def export(self, calibration: dict[str, np.ndarray] | Callable[[nn.Module], object]
+               | None = None) -> list[LayerImage]:
+        """One LayerImage per quantized layer, of its spec's LayerConfig (int-b for
+        Uniform(b)). calibration: {name: (n, cols)} inputs, or a function run(model)
+        whose forward passes are hooked (a layer without any: zeros)."""
         if callable(calibration):
             calibration = self.capture(calibration)
         imgs = []
         for name, q in self._q.items():
-            mode, fields, rs, cs = q.image_fields(cfg if mode_needs_cfg(q) else None)
+            lc, fields, rs, cs = q.image_fields()
             x = None if calibration is None else calibration.get(name)
             if x is None:
                 x = np.zeros((1, q.in_features), np.float32)
             b = None if q.bias is None else q.bias.detach().numpy().astype(np.float32)
-            imgs.append(image_from_fields(name, mode, fields, rs, cs, b, x))
+            imgs.append(image_from_fields(name, lc, fields, rs, cs, b, x))
         return imgs
 
-    def write_images(self, out_dir, cfg: AccelConfig, calibration=None, meta: dict | None = None):
-        imgs = self.export(cfg, calibration)
-        m = {"trained": True, "bits": self.bits(cfg)["bits_per_weight"]}
+    def write_images(self, out_dir, calibration=None, meta: dict | None = None,
+                     mults: int = 32, bus: int = 64):
+        """export() written through compress.run.write_model_images (the writer of
+        post-training images too); the manifest records the training recipe."""
+        imgs = self.export(calibration)
+        bits = self.bits(mults, bus)
+        m = {"trained": True, "bits_per_weight": bits["bits_per_weight"],
+             "configs": {im.name: im.config.name for im in imgs}, "mults": mults, "bus": bus}
         m.update(meta or {})
-        return write_images(out_dir, cfg, imgs, meta=m)
+        layer_meta = {im.name: {"trained": True, "spec": self._q[im.name].spec.to_dict(),
+                                "bits_per_weight": bits["layers"][im.name]} for im in imgs}
+        return write_model_images(out_dir, imgs, meta=m, layer_meta=layer_meta, mults=mults,
+                                  bus=bus)
 
     def to_float(self) -> nn.Module:
         """A plain copy of the model with every quantized layer back as an
@@ -638,8 +593,8 @@ class QuantizedModel(nn.Module):
         compressed model computes with float activations."""
         m = copy.deepcopy(self.model)
         for name, q in self._q.items():
-            mode, fields, rs, cs = q.image_fields(None)
-            tmp = LayerImage(name=name, mode=mode, rows=q.out_features, cols=q.in_features,
+            lc, fields, rs, cs = q.image_fields()
+            tmp = LayerImage(name=name, config=lc, rows=q.out_features, cols=q.in_features,
                              bias=None, mult=None, shift=None, act=None, **fields)
             tmp.scales = {"row_scale": rs, "cb_scale": cs}
             lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
@@ -652,18 +607,17 @@ class QuantizedModel(nn.Module):
 
     # -------- freezing summary
     def sign_stats(self) -> dict:
-        tot = fro = fl = 0
+        """SSVQ signs: how many, frozen, flips in all, and how many differ from the
+        original weights' signs now (`changed`)."""
+        tot = fro = fl = ch = 0
         for q in self._q.values():
             if isinstance(q, SSVQLinear):
                 tot += q.frozen.numel()
                 fro += int(q.frozen.sum())
                 fl += int(q.flips.sum())
-        return {"signs": tot, "frozen": fro, "flips": fl,
+                ch += q.signs_changed()
+        return {"signs": tot, "frozen": fro, "flips": fl, "changed": ch,
                 "frozen_fraction": fro / tot if tot else None}
-
-
-def mode_needs_cfg(q: QuantLinear) -> bool:
-    return isinstance(q, _CodebookLinear)
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module):

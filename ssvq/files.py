@@ -8,16 +8,25 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)        # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | os.PathLike):
     """Yields an empty sibling temporary folder; on success it replaces `out_dir`
-    (old contents removed), on any exception it is deleted and `out_dir` is untouched."""
+    (old contents removed), on any exception it is deleted and `out_dir` is untouched.
+    The final folder has the mode a plain mkdir would give it (0o777 & ~umask), not
+    mkdtemp's 0o700."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         yield tmp
-        if out_dir.exists():
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out_dir.exists() or out_dir.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.replace(out_dir, old / "x")
             os.replace(tmp, out_dir)

@@ -4,13 +4,12 @@ and SSVQ (post-training and trained with compress.train), a plain faiss
 k-means anchor and, on digits, DiffQ.
 
 Bits per weight are counted as the images stream them (compress.quantize.
-bits_breakdown: codebook, codes, signs, padding to whole weight blocks, 16 bits
-per row scale); int4/int3 as b bits per weight plus the 16-bit row scale; the
-faiss anchor with its float32 codebook; fp32 as 32. Accuracy / fidelity is
-measured with the exported (dequantized) weights and float activations, the
-usual weight-compression comparison; on digits the whole int8-activation
-chain through compress.quantize.integer_forward (the accelerator's arithmetic)
-is reported beside it.
+layer_bits: codebook, codes, signs, padding to whole beats, 16 bits per row
+scale); int4/int3 are real int4/int3 images; the faiss anchor with its float32
+codebook; fp32 as 32. Accuracy / fidelity is measured with the exported
+(dequantized) weights and float activations, the usual weight-compression
+comparison; on digits the whole int8-activation chain through
+ssvq.reference.outputs (the accelerator's arithmetic) is reported beside it.
 """
 from __future__ import annotations
 
@@ -30,14 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.image import write_images
-from compress.quantize import integer_forward, quantize_act
-from compress.train import SSVQ, VQ, QuantizedModel, SSVQLinear, Uniform, fit
-from hw.config import ROW_SCALE_BITS, AccelConfig
-from sim.golden import outputs as golden_outputs
-from ssvq.cli import UserError
+from compress.quantize import float_outputs, quantize_act
+from compress.run import accel_config_for, write_model_images
+from compress.train import SSVQ, VQ, QuantizedModel, Uniform, fit
+from ssvq.config import LayerConfig
+from ssvq.errors import UserError
+from ssvq.image import pack_layer, unpack_layer
+from ssvq.reference import outputs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache"
 
 
@@ -169,10 +169,6 @@ def plot_freezing(runs: dict[str, list[dict]], path: Path, title: str):
     plt.close(fig)
 
 
-def uniform_bits(bits: int, rows: int, cols: int) -> int:
-    return bits * rows * cols + ROW_SCALE_BITS * rows
-
-
 def faiss_anchor(w: np.ndarray, k: int, d: int, seed: int = 0) -> tuple[np.ndarray, int]:
     """Off-the-shelf faiss k-means VQ of the raw weight D-vectors (faiss
     defaults: it subsamples to 256*k training points; float32 codebook; no
@@ -208,16 +204,27 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(out)
 
 
-def _check_golden(imgs) -> bool:
-    return all(bool((integer_forward(im) == golden_outputs(im)).all()) for im in imgs)
+def _check_images(imgs, calib: dict | None = None) -> bool:
+    """Every exported image, packed into its v2 stream (the covering accelerator
+    config) and decoded again, gives the same integer outputs (ssvq.reference) on
+    its own activation and on up to 64 calibration activations."""
+    cfg = accel_config_for([(im.name, im.config, im.rows, im.cols) for im in imgs])
+    ok = True
+    for im in imgs:
+        dec = unpack_layer(pack_layer(im, cfg)[0], cfg, im.name)
+        acts = [im.act]
+        if calib is not None and im.name in calib:
+            acts.append(quantize_act(calib[im.name][:64], im.scales["act_scale"]))
+        ok &= all(bool((outputs(dec, a) == outputs(im, a)).all()) for a in acts)
+    return ok
 
 
 def _check_rtl(image_dir: Path, out_dir: Path, simulator: str) -> dict:
     """The generated Verilog run on the first layer of each shape of a
     written image set: outputs, cycles and counters against the golden
     model (sim.runner, the same check as `ssvq sim`)."""
-    from compress.image import read_images
     from sim.runner import pick_layers, simulate_images
+    from ssvq.image import read_images
     names = pick_layers(read_images(image_dir).manifest["layers"], all_layers=False)
     _say(f"  RTL check: {len(names)} layer(s) (one per shape) of {image_dir} on {simulator}")
     res = simulate_images(image_dir, names, simulator, seed=1, out_dir=out_dir,
@@ -240,17 +247,20 @@ DIGITS_LATENT_LR = 3e-2
 
 
 def _digits_int_accuracy(imgs, xte, yte) -> float:
-    """Whole-model accuracy with int8 activations through the integer forward
-    of every layer image (fc1 -> relu -> fc2 -> relu -> fc3)."""
+    """Whole-model accuracy with int8 activations through the accelerator's
+    arithmetic (ssvq.reference.outputs) of every layer image (fc1 -> relu -> fc2
+    -> relu -> fc3)."""
     h = xte.astype(np.float64)
     for i, img in enumerate(imgs):
-        a = quantize_act(h, img.scales["act_scale"])
-        y = integer_forward(img, a).astype(np.float64) * img.scales["out_scale"]
+        y = float_outputs(img, h)
         h = np.maximum(y, 0) if i < len(imgs) - 1 else y
     return float((h.argmax(1) == yte).mean())
 
 
 SPREAD_SEEDS = (1, 2)
+# post-training rows of the other v2 layer configurations (compress.run.compress_layers)
+DIGITS_PTQ_EXTRA = ["int2", "int5", "int6", "vq-k16-d8-m2", "vq-k16-d8-m2-c4",
+                    "ssvq-k16-d8-m2-c4", "ssvq-k8-d4-c2"]
 
 
 def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
@@ -300,39 +310,32 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
     add({"method": "fp32", "config": "", "bits_per_weight": 32.0, "trained": False,
          "accuracy": fp32}, t0)
 
-    def evaluate(qm: QuantizedModel, cfg: AccelConfig | None):
-        acc = accuracy(qm.to_float(), xte, yte)
-        imgs = qm.export(cfg, qm.capture(calib_run))
-        return acc, imgs
-
-    def one(method, spec, cfg, trained, label):
+    def one(method, spec, trained, label):
         t0 = time.perf_counter()
         qm = QuantizedModel(base, spec)
         res = None
         if trained:
             res = train(qm, seed)
-        acc, imgs = evaluate(qm, cfg)
+        acc = accuracy(qm.to_float(), xte, yte)
+        calib = qm.capture(calib_run)
+        imgs = qm.export(calib)
         row = {"method": method, "config": label, "trained": trained,
-               "bits_per_weight": qm.bits(cfg)["bits_per_weight"], "accuracy": acc,
+               "bits_per_weight": qm.bits()["bits_per_weight"], "accuracy": acc,
                "accuracy_int8_act": _digits_int_accuracy(imgs, xte, yte),
-               "golden_bit_exact": _check_golden(imgs)}
+               "images_round_trip": _check_images(imgs, calib)}
         if spec.method in ("ssvq", "vq"):
             row.update(k=spec.k, d=spec.d)
         if spec.method == "ssvq":
             row.update(codes=spec.codes)
             if trained:
                 st = qm.sign_stats()
-                init_changed = sum(
-                    int((q.negative() != torch.from_numpy(q._init_img.signs.astype(bool))).sum())
-                    for q in qm.qlayers.values() if isinstance(q, SSVQLinear))
-                row.update(sign_flips=st["flips"], signs_changed=init_changed,
+                row.update(sign_flips=st["flips"], signs_changed=st["changed"],
                            signs=st["signs"])
                 freeze_logs[f"{label} ({spec.codes} codes)"] = res.log
                 if spec.codes == "fixed":
                     d = out / "images" / f"ssvq-{label}"
-                    write_images(d, cfg, imgs, meta={"model": "digits", "method": "ssvq",
-                                                     "trained": True, "k": spec.k,
-                                                     "d": spec.d})
+                    write_model_images(d, imgs, meta={"model": "digits", "trained": True,
+                                                      "spec": spec.to_dict()})
                     row["images"] = str(d.relative_to(out))
                     row.update(_check_rtl(d, out / "rtl" / f"ssvq-k{spec.k}-d{spec.d}", "icarus"))
         if res is not None:
@@ -340,17 +343,28 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
         add(row, t0)
         return row
 
-    cfg8 = AccelConfig()
     for trained in (False, True):
-        one("int8", Uniform(8), cfg8, trained, "per-channel")
-        one("int4", Uniform(4), cfg8, trained, "per-channel")
-        one("int3", Uniform(3), cfg8, trained, "per-channel")
+        one("int8", Uniform(8), trained, "per-channel")
+        one("int4", Uniform(4), trained, "per-channel")
+        one("int3", Uniform(3), trained, "per-channel")
     for method in ("vq", "ssvq"):
         for k, d in DIGITS_POINTS[method]:
-            cfg = AccelConfig(k=k, d=d)
             spec = (VQ if method == "vq" else SSVQ)(k=k, d=d, seed=seed)
             for trained in (False, True):
-                one(method, spec, cfg, trained, f"K={k} D={d}")
+                one(method, spec, trained, f"K={k} D={d}")
+    # post-training only: the other layer configurations the v2 format carries
+    from compress.quantize import dequantize
+    from compress.run import compress_layers
+    for name in DIGITS_PTQ_EXTRA:
+        t0 = time.perf_counter()
+        c = compress_layers(lm, name, seed=seed)
+        acc = accuracy(lm.with_weights({im.name: dequantize(im) for im in c.images}), xte, yte)
+        lc = LayerConfig.parse(name)
+        add({"method": name if lc.mode == "int" else
+             ("additive" if lc.m > 1 or lc.coef_bits else lc.mode), "config": name, "trained": False,
+             "bits_per_weight": c.meta["bits_per_weight"]["total"], "accuracy": acc,
+             "accuracy_int8_act": _digits_int_accuracy(c.images, xte, yte),
+             "images_round_trip": _check_images(c.images, lm.calibration())}, t0)
     # the headline rows (trained SSVQ at <= 2.1 bits) again with other seeds
     # (k-means initialisation and batch order): one seed could be luck
     for row in [r for r in rows if r["method"] == "ssvq" and r["trained"]
@@ -366,7 +380,7 @@ def run_digits(out: Path, budget_minutes: float, seed: int = 0) -> dict:
     # codes re-assigned on a schedule, against the fixed-code default
     for k, d in [(8, 4), (4, 8)]:
         one("ssvq", SSVQ(k=k, d=d, seed=seed, codes="reassign", reassign_every=100),
-            AccelConfig(k=k, d=d), True, f"K={k} D={d}")
+            True, f"K={k} D={d}")
     # faiss anchor
     for k, d in DIGITS_POINTS["vq"]:
         t0 = time.perf_counter()
@@ -453,9 +467,10 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
         f"training). Total time {seconds:.0f}s.",
         "",
         "`accuracy`: exported (dequantized) weights, float activations. `accuracy_int8_act`: "
-        "every layer through compress.quantize.integer_forward on its exported image "
+        "every layer through ssvq.reference.outputs on its exported image "
         "(int8 activations, integer requantization: the accelerator's arithmetic). "
-        "`golden_bit_exact`: integer_forward equals sim.golden.outputs on every exported image. "
+        "`images_round_trip`: every exported image packed into its v2 stream and decoded "
+        "again gives the same integer outputs on calibration activations. "
         "`rtl_bit_exact` (trained SSVQ rows with images): the generated Verilog, simulated on "
         "Icarus on the first layer of each shape, gives the golden outputs, cycles and "
         "counters (details in `rtl/`).",
@@ -496,7 +511,7 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
                   f"every method within about 0.5 points of fp32 is within two test images "
                   f"of it; this model is too easy to separate them.", ""]
     cols = ["method", "config", "trained", "bits_per_weight", "accuracy", "accuracy_int8_act",
-            "golden_bit_exact", "rtl_bit_exact", "seconds"]
+            "images_round_trip", "rtl_bit_exact", "seconds"]
     lines += ["## All rows", "", table(good, cols), ""]
     skipped = [r for r in rows if r.get("skipped")]
     for r in skipped:
@@ -735,14 +750,13 @@ class MiniLMTask:
 
 def minilm_specs() -> dict:
     return {
-        "ssvq-k256-d8": ("ssvq", SSVQ(k=256, d=8), AccelConfig(k=256, d=8)),
-        "vq-k256-d4": ("vq", VQ(k=256, d=4), AccelConfig(k=256, d=4)),
-        "ssvq-k256-d4": ("ssvq", SSVQ(k=256, d=4), AccelConfig(k=256, d=4)),
-        "ssvq-k256-d8-reassign": ("ssvq", SSVQ(k=256, d=8, codes="reassign", reassign_every=50),
-                                  AccelConfig(k=256, d=8)),
-        "int8": ("int8", Uniform(8), AccelConfig()),
-        "int4": ("int4", Uniform(4), AccelConfig()),
-        "int3": ("int3", Uniform(3), AccelConfig()),
+        "ssvq-k256-d8": ("ssvq", SSVQ(k=256, d=8)),
+        "vq-k256-d4": ("vq", VQ(k=256, d=4)),
+        "ssvq-k256-d4": ("ssvq", SSVQ(k=256, d=4)),
+        "ssvq-k256-d8-reassign": ("ssvq", SSVQ(k=256, d=8, codes="reassign", reassign_every=50)),
+        "int8": ("int8", Uniform(8)),
+        "int4": ("int4", Uniform(4)),
+        "int3": ("int3", Uniform(3)),
     }
 
 
@@ -853,10 +867,10 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     # post-training rows; the trained rows start from the same wrapped model
     budget = dict(plan)
     for key in MINILM_PTQ + [k for k, _ in plan if k not in MINILM_PTQ]:
-        method, spec, cfg = specs[key]
+        method, spec = specs[key]
         t0 = time.perf_counter()
         qm = QuantizedModel(task.bert, spec)
-        bpw = qm.bits(cfg)["bits_per_weight"]
+        bpw = qm.bits()["bits_per_weight"]
         if key in MINILM_PTQ:
             add(dict(method=method, config=key, trained=False, bits_per_weight=bpw,
                      **evaluate(qm.to_float())), t0)
@@ -878,19 +892,16 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
                    train_minutes=res.seconds / 60, bits_per_weight=bpw,
                    **evaluate(qm.to_float()))
         calib = qm.capture(lambda m: task.embed(m, corpus["train"][:64]))
-        imgs = qm.export(cfg, calib)
-        row["golden_bit_exact"] = _check_golden(imgs)
+        imgs = qm.export(calib)
+        row["images_round_trip"] = _check_images(imgs, calib)
         if method == "ssvq":
             logs[key] = res.log
             st = qm.sign_stats()
             row.update(frozen_fraction=st["frozen_fraction"], sign_flips=st["flips"],
-                       signs_changed=sum(int((q.negative() != torch.from_numpy(
-                           q._init_img.signs.astype(bool))).sum())
-                           for q in qm.qlayers.values() if isinstance(q, SSVQLinear)),
-                       signs=st["signs"])
+                       signs_changed=st["changed"], signs=st["signs"])
             d = out / "images" / key
-            write_images(d, cfg, imgs, meta={"model": "minilm", "method": "ssvq",
-                                             "trained": True, "k": cfg.k, "d": cfg.d})
+            write_model_images(d, imgs, meta={"model": "minilm", "trained": True,
+                                              "spec": spec.to_dict()})
             row["images"] = str(d.relative_to(out))
             row.update(_check_rtl(d, out / "rtl" / key, "verilator"))
         add(row, t0)
@@ -1041,8 +1052,8 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
                              f"{r['signs_changed']} of {r['signs']} signs "
                              f"({100 * r['signs_changed'] / r['signs']:.2f}%) differ from "
                              f"the original weights' signs at the end; images in "
-                             f"`{r['images']}`, integer forward == golden model on every "
-                             f"layer: {r['golden_bit_exact']}; generated Verilog on "
+                             f"`{r['images']}`, stream round trip bit-exact on every "
+                             f"layer: {r['images_round_trip']}; generated Verilog on "
                              f"{r.get('rtl_simulator')} (layers {', '.join(r.get('rtl_layers', []))}"
                              f"; outputs, cycles and counters against the golden model, in "
                              f"`rtl/`): {'bit-exact' if r.get('rtl_bit_exact') else 'FAILED'}.")
@@ -1067,9 +1078,9 @@ def quality_cmd(args) -> int:
         res = run_minilm(out, budget, getattr(args, "methods", None))
     _say(f"report: {out / 'report.md'}")
     failed = [f"{r['method']} {r.get('config', '')}".strip() for r in res["rows"]
-              if r.get("golden_bit_exact") is False or r.get("rtl_bit_exact") is False]
+              if r.get("images_round_trip") is False or r.get("rtl_bit_exact") is False]
     if failed:
-        print(f"ssvq quality: exported images not bit-exact against the golden model / RTL: "
+        print(f"ssvq quality: exported images not bit-exact (stream round trip / RTL): "
               f"{', '.join(failed)} (see {out / 'report.md'})", file=sys.stderr)
         return 1
     return 0
