@@ -174,7 +174,7 @@ async def run_layers(dut):
 
     base = {"simulator": simulator,
             "simulator_version": f"{cocotb.SIM_NAME} {cocotb.SIM_VERSION}",
-            "config": cfg.to_dict(), "seed": seed, "stall_prob": p, "latency": latency,
+            "build": cfg.to_dict(), "seed": seed, "stall_prob": p, "latency": latency,
             "overlap": overlap}
     failed: list[str] = []
     aborted = None
