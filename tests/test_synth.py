@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hw.config import AccelConfig
+from ssvq.config import AccelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(k=16, d=4, mults=8, max_rows=64, max_cols=64)
+TINY = dict(kmax=16, d_set=(4,), mults=8, max_rows=64, max_cols=64)
 
 
 @pytest.mark.slow
@@ -38,28 +38,30 @@ def test_yosys_tiny_config(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ssvq.cli", "synth", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "ssvq.app.cli", "synth", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("content, expect", [
-    ('{"k": 100, "d": 8}', "k must be a power of two, found 100"),
-    ('{"k": 256, "dd": 8}', "unknown field(s) ['dd']"),
-    ('{"k": 256,', "expected JSON"),
-    ('[1, 2]', "expected a JSON object"),
+    ('{"kmax": 100, "d_set": [8]}', "kmax: expected a power of two, found 100"),
+    ('{"kmax": 256, "dd": 8}', "unknown field(s) ['dd']"),
+    ('{"kmax": 256,', "expected JSON"),
+    ('[1, 2]', "expected an object of config fields, found list"),
 ])
 def test_cli_bad_config(tmp_path, content, expect):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     r = _cli("--config", str(bad), "--out", str(tmp_path / "out"))
-    assert r.returncode != 0
-    assert str(bad) in r.stderr and expect in r.stderr, r.stderr
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ssvq synth: error: {bad}: "), r.stderr
+    assert expect in lines[0], r.stderr
     assert not (tmp_path / "out" / "synth.json").exists()
 
 
 def test_cli_missing_config(tmp_path):
     r = _cli("--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "out"))
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "nope.json" in r.stderr and "no such file" in r.stderr, r.stderr
 
 
