@@ -28,7 +28,8 @@ LINT_WAIVERS = {
 }
 
 
-_MEM_INIT = re.compile(r"^  initial begin\n((?:    \w+\[\d+\] = \d+'h[0-9a-fA-F]+;\n)+)  end\n",
+# yosys writes memory words in hex or (32-bit words) in decimal
+_MEM_INIT = re.compile(r"^  initial begin\n((?:    \w+\[\d+\] = \d+'[hd][0-9a-fA-F]+;\n)+)  end\n",
                        re.MULTILINE)
 
 
@@ -43,8 +44,8 @@ def strip_memory_init(text: str) -> tuple[str, int]:
 
     def drop(match):
         nonlocal removed
-        values = re.findall(r"'h([0-9a-fA-F]+);", match.group(1))
-        if any(int(v, 16) for v in values):
+        values = re.findall(r"'([hd])([0-9a-fA-F]+);", match.group(1))
+        if any(int(v, 16 if base == "h" else 10) for base, v in values):
             return match.group(0)      # a real initial value: keep it
         removed += 1
         return ""
