@@ -66,7 +66,10 @@ def accel_config_for(layers: list[tuple[str, LayerConfig, int, int]], mults: int
                      bus: int = 64) -> AccelConfig:
     """AccelConfig.covering of [(name, config, rows, cols)] with this mults/bus; a
     layer no build can run is a ConfigError naming it."""
-    base = stream_base(mults, bus)
+    try:
+        base = AccelConfig(mults=mults, bus=bus)    # its kmax / d_set stand in for int-only sets
+    except ConfigError:
+        base = stream_base(mults, bus)               # e.g. mults 4: the default d_set is too wide
     for name, lc, rows, cols in layers:
         try:
             AccelConfig.covering([(lc, rows, cols)], base=base).check_layer(lc, rows, cols)
