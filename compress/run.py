@@ -109,11 +109,8 @@ def model_calibration(model: LoadedModel, chosen, calib=None) -> Calibration:
                            "given", "activations passed to compress_model")
     if calib is not None:
         return load_calibration(calib, [(n, w.shape[1]) for n, w, _ in chosen])
-    src = model.calibration_source
-    desc = ("the model's own inputs through forward hooks" if src == "real" else
-            "seeded standard-normal activations (a bare state dict cannot be run; give "
-            "--calib for real ones)")
-    return Calibration(model.calibration(), src, desc)
+    return Calibration(model.calibration(), model.calibration_source,
+                       model.calibration_description or model.calibration_source)
 
 
 @dataclass
