@@ -617,8 +617,3 @@ def layer_bits(config: LayerConfig, rows: int, cols: int, mults: int = 32,
     out["row_scale"] = ROW_SCALE_BITS * rows
     out["total"] = streamed + out["row_scale"]
     return out
-
-
-def bits_per_weight(config: LayerConfig, rows: int, cols: int, mults: int = 32,
-                    bus: int = 64) -> float:
-    return layer_bits(config, rows, cols, mults, bus)["total"] / (rows * cols)

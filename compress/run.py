@@ -2,6 +2,7 @@
 memory images (`ssvq compress`, the demo and the quality runs call these).
 
     compress_model("digits", "ssvq-k16-d4", "out/")                # a layer-config name
+    compress_model("minilm", "ssvq", "out/")                       # a method: K=256, D=8
     compress_model("m.pt", CompressionPlan.from_file("plan.json"), "out/",
                    calib="acts.npz", mults=32, bus=64)
 
@@ -179,7 +180,7 @@ def compress_layers(model: LoadedModel, plan, calib=None, *, seed: int = 0,
     return Compressed(imgs, resolved, meta, layer_meta, cfg)
 
 
-def compress_model(spec: str | LoadedModel, plan="ssvq", out: str | Path = "images", *,
+def compress_model(spec: str | LoadedModel, plan, out: str | Path, *,
                    seed: int = 0, layers: list[str] | None = None, calib=None,
                    mults: int = 32, bus: int = 64, force: bool = False,
                    progress=print) -> Path:

@@ -242,3 +242,38 @@ def test_minilm_layers_and_calibration():
     for n, w, _ in m.layers:
         assert cal[n].shape[1] == w.shape[1] and 100 < len(cal[n]) <= 512
         assert np.isfinite(cal[n]).all() and cal[n].std() > 0
+
+
+def test_compress_imports_only_the_contract():
+    """compress/ imports nothing of the project but itself and the ssvq contract
+    (errors, config, image, reference, files): never sim/, hw/ or ssvq.app."""
+    import ast
+    from pathlib import Path
+    contract = {"ssvq.errors", "ssvq.config", "ssvq.image", "ssvq.reference", "ssvq.files"}
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for f in sorted((root / "compress").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for n in names:
+                top = n.split(".")[0]
+                if top in ("sim", "hw") or (top == "ssvq" and n not in contract):
+                    bad.append(f"{f.name}: {n}")
+    assert not bad
+
+
+@pytest.mark.slow
+def test_minilm_post_training_quality_is_unchanged():
+    """Mean per-layer relative weight error of the 36 MiniLM layers, as the pre-v2
+    compressor (2e40034) measured them: the v2 quantizers of these three
+    configurations are the same computation."""
+    m = load_model("minilm")
+    want = {"ssvq-k256-d8": (0.3049462, 2.0868), "vq-k256-d4": (0.3119992, 2.0590),
+            "int8": (0.0091852, 8.0312)}
+    for name, (err, bpw) in want.items():
+        c = compress_layers(m, name)
+        assert set(c.meta["configs"].values()) == {name}
+        got = np.mean(list(c.meta["rel_weight_error"]["layers"].values()))
+        assert got == pytest.approx(err, abs=2e-4), name
+        assert c.meta["bits_per_weight"]["total"] == pytest.approx(bpw, abs=1e-3), name
