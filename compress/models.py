@@ -49,6 +49,7 @@ class LoadedModel:
     layers: (name, weight (rows=out, cols=in) float32, bias (rows,) float32 or None).
     module: the runnable nn.Module, or None for a bare state dict.
     calibration_source: "real" (hooks on real inputs) or "random-normal".
+    description: the model; calibration_description: its own calibration inputs.
     """
     name: str
     module: nn.Module | None
@@ -59,6 +60,7 @@ class LoadedModel:
     _calib_cache: dict = field(default_factory=dict, repr=False)
     # layer name -> nn.Linear inside `module` (for runnable models)
     _linear: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    calibration_description: str = ""
 
     @property
     def layer_names(self) -> list[str]:
@@ -134,8 +136,8 @@ def _load_minilm() -> LoadedModel:
         return capture_inputs(st, linear, run, max_tokens)
 
     return LoadedModel("minilm", st, _linear_layers(linear), "real",
-                       f"all-MiniLM-L6-v2 from {path}; calibration: {SENTENCES.name} "
-                       f"(real sentences, hooks on every layer input)", calib, {}, linear)
+                       f"all-MiniLM-L6-v2 from {path}", calib, {}, linear,
+                       f"{SENTENCES.name} (real sentences, hooks on every layer input)")
 
 
 # ------------------------------------------------------------------ digits MLP
@@ -224,8 +226,8 @@ def _load_digits(seed: int = 0, cache_dir: Path | None = None) -> LoadedModel:
         return capture_inputs(model, linear, lambda: model(torch.from_numpy(xtr)), max_tokens)
 
     return LoadedModel("digits", model, _linear_layers(linear), "real",
-                       f"digits MLP 64-128-64-10 (seed {seed}, {path}); calibration: "
-                       f"training images", calib, {}, linear)
+                       f"digits MLP 64-128-64-10 (seed {seed}, {path})", calib, {}, linear,
+                       "the training images (hooks on every layer input)")
 
 
 # ------------------------------------------------------------------ state dict file
@@ -299,8 +301,9 @@ def _load_state_dict_file(spec: str, seed: int = 0) -> LoadedModel:
         return out
 
     return LoadedModel(path.name, None, layers, "random-normal",
-                       f"state dict {path} ({len(layers)} layers); calibration: seeded "
-                       f"standard-normal activations (a bare state dict cannot be run)", calib)
+                       f"state dict {path} ({len(layers)} layers)", calib,
+                       calibration_description="seeded standard-normal activations (a bare "
+                       "state dict cannot be run; --calib gives real ones)")
 
 
 # ------------------------------------------------------------------ entry point

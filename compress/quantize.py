@@ -330,12 +330,15 @@ def _additive_no_coefs(t: np.ndarray, lc: LayerConfig, signed: bool, seed: int, 
     qlo, qhi = (-127, 127) if signed else (0, 255)
     cbs, codes = [], np.zeros((n, m), np.int64)
     r = t.astype(np.float64)
+    zero = ~(np.abs(t) > 0).any(axis=1)
+    some_zero = bool(zero.any() and not zero.all())
+    # codeword 0 of a stage is an exact zero when some vectors are all zero (zero rows,
+    # pruned weights: they use it in every stage) and in ssvq's stage 2 ("no correction")
+    reserve = [some_zero or (i > 0 and not signed) for i in range(m)]
     for i in range(m):
-        zero = ~(np.abs(r) > 0).any(axis=1)
-        reserve = (i > 0 and not signed) or (zero.any() and not zero.all())
-        if reserve:      # exact-zero codeword 0 (ssvq stage 2: "no correction")
-            rest = r[~zero] if (zero.any() and not zero.all()) else r
-            c = np.concatenate([np.zeros((1, d)), kmeans(rest, k - 1, seed + i)[0]])
+        if reserve[i]:
+            c = np.concatenate([np.zeros((1, d)), kmeans(r[~zero] if some_zero else r, k - 1,
+                                                         seed + i)[0]])
         else:
             c = kmeans(r, k, seed + i)[0].astype(np.float64)
         if not signed:
@@ -356,7 +359,7 @@ def _additive_no_coefs(t: np.ndarray, lc: LayerConfig, signed: bool, seed: int, 
             new = np.where(cnt[:, None] > 0, sums / np.maximum(cnt, 1)[:, None], cbs[i])
             if not signed:
                 new = np.maximum(new, 0.0)
-            if i > 0 and not signed:
+            if reserve[i]:
                 new[0] = 0.0
             cbs[i] = new
     top = max(float(np.abs(c).max()) for c in cbs)
@@ -367,6 +370,8 @@ def _additive_no_coefs(t: np.ndarray, lc: LayerConfig, signed: bool, seed: int, 
         for i in range(m):
             others = sum(icb[j][codes[:, j]] * g for j in range(m) if j != i)
             codes[:, i] = _nearest(t - others, icb[i] * g)
+    if some_zero:
+        codes[zero] = 0
     return np.concatenate(icb), codes, None, g
 
 
@@ -491,7 +496,29 @@ def quantize_weights(w: np.ndarray, config: LayerConfig, seed: int = 0, name: st
     with np.errstate(divide="ignore", invalid="ignore"):
         fit = num / den
     row_scale = np.where(np.isfinite(fit) & (fit > 0), fit, rms)
+    if config.coef_bits:
+        fields["coefs"] = _refit_coefs(w, fields, config, row_scale * cs)
     return fields, row_scale, cs
+
+
+def _refit_coefs(w: np.ndarray, fields: dict, lc: LayerConfig, unit: np.ndarray) -> np.ndarray:
+    """The coefficients once more, jointly by least squares and rounding, against the
+    final per-row unit (row_scale * cb_scale); a vector keeps its coefficients unless
+    others are better."""
+    rows, cols = w.shape
+    d, v = lc.d, fields["codes"].shape[1]
+    t = np.zeros((rows, v * d))
+    t[:, :cols] = w / unit[:, None]
+    sign = np.ones((rows, v * d))
+    if lc.mode == "ssvq":
+        sign[:, :cols] = 1 - 2 * fields["signs"].astype(np.float64)
+    cb = fields["codebook"].astype(np.float64)
+    idx = fields["codes"].astype(np.int64) + np.arange(lc.m) * lc.k          # (rows, V, m)
+    cw = cb[idx] * sign.reshape(rows, v, 1, d)                               # (rows, V, m, d)
+    half = 1 << (lc.coef_bits - 1)
+    start = fields["coefs"].astype(np.int64).reshape(-1, lc.m)
+    c = _joint_coefs(t.reshape(-1, d), cw.reshape(-1, lc.m, d), 1.0, -half, half - 1, start)
+    return c.reshape(rows, v, lc.m).astype(np.int8)
 
 
 def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: np.ndarray,
@@ -590,8 +617,3 @@ def layer_bits(config: LayerConfig, rows: int, cols: int, mults: int = 32,
     out["row_scale"] = ROW_SCALE_BITS * rows
     out["total"] = streamed + out["row_scale"]
     return out
-
-
-def bits_per_weight(config: LayerConfig, rows: int, cols: int, mults: int = 32,
-                    bus: int = 64) -> float:
-    return layer_bits(config, rows, cols, mults, bus)["total"] / (rows * cols)

@@ -2,6 +2,7 @@
 memory images (`ssvq compress`, the demo and the quality runs call these).
 
     compress_model("digits", "ssvq-k16-d4", "out/")                # a layer-config name
+    compress_model("minilm", "ssvq", "out/")                       # a method: K=256, D=8
     compress_model("m.pt", CompressionPlan.from_file("plan.json"), "out/",
                    calib="acts.npz", mults=32, bus=64)
 
@@ -66,7 +67,10 @@ def accel_config_for(layers: list[tuple[str, LayerConfig, int, int]], mults: int
                      bus: int = 64) -> AccelConfig:
     """AccelConfig.covering of [(name, config, rows, cols)] with this mults/bus; a
     layer no build can run is a ConfigError naming it."""
-    base = stream_base(mults, bus)
+    try:
+        base = AccelConfig(mults=mults, bus=bus)    # its kmax / d_set stand in for int-only sets
+    except ConfigError:
+        base = stream_base(mults, bus)               # e.g. mults 4: the default d_set is too wide
     for name, lc, rows, cols in layers:
         try:
             AccelConfig.covering([(lc, rows, cols)], base=base).check_layer(lc, rows, cols)
@@ -106,11 +110,8 @@ def model_calibration(model: LoadedModel, chosen, calib=None) -> Calibration:
                            "given", "activations passed to compress_model")
     if calib is not None:
         return load_calibration(calib, [(n, w.shape[1]) for n, w, _ in chosen])
-    src = model.calibration_source
-    desc = ("the model's own inputs through forward hooks" if src == "real" else
-            "seeded standard-normal activations (a bare state dict cannot be run; give "
-            "--calib for real ones)")
-    return Calibration(model.calibration(), src, desc)
+    return Calibration(model.calibration(), model.calibration_source,
+                       model.calibration_description or model.calibration_source)
 
 
 @dataclass
@@ -179,7 +180,7 @@ def compress_layers(model: LoadedModel, plan, calib=None, *, seed: int = 0,
     return Compressed(imgs, resolved, meta, layer_meta, cfg)
 
 
-def compress_model(spec: str | LoadedModel, plan="ssvq", out: str | Path = "images", *,
+def compress_model(spec: str | LoadedModel, plan, out: str | Path, *,
                    seed: int = 0, layers: list[str] | None = None, calib=None,
                    mults: int = 32, bus: int = 64, force: bool = False,
                    progress=print) -> Path:

@@ -7,14 +7,19 @@ import torch
 
 torch.set_num_threads(1)
 
-from compress.image import layer_sections, read_images  # noqa: E402
-from compress.models import (digits_accuracy, digits_cache_path,  # noqa: E402
-                             digits_data, load_model)
-from compress.quantize import dequantize, integer_forward, quantize_layer  # noqa: E402
-from compress.run import compress_model, config_for  # noqa: E402
-from hw.config import AccelConfig  # noqa: E402
-from sim.golden import outputs  # noqa: E402
-from ssvq.cli import UserError, main  # noqa: E402
+from compress.models import accuracy, digits_cache_path, digits_data, load_model  # noqa: E402
+from compress.quantize import dequantize, quantize_layer  # noqa: E402
+from compress.run import accel_config_for, compress_layers, compress_model  # noqa: E402
+from ssvq.app.cli import main  # noqa: E402
+from ssvq.config import AccelConfig, LayerConfig  # noqa: E402
+from ssvq.errors import ConfigError, UserError  # noqa: E402
+from ssvq.image import layer_sections, read_images  # noqa: E402
+from ssvq.reference import outputs  # noqa: E402
+
+
+def digits_accuracy(module) -> float:
+    _, _, xte, yte = digits_data()
+    return accuracy(module, xte, yte)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +64,9 @@ def test_digits_calibration_is_real_activations(digits):
 
 def test_digits_int8_keeps_accuracy(digits):
     model, _ = digits
-    cfg = AccelConfig(k=16, d=4)
     cal = model.calibration()
-    deq = {n: dequantize(quantize_layer(n, w, b, cal[n], "int8", cfg)) for n, w, b in model.layers}
+    deq = {n: dequantize(quantize_layer(n, w, b, cal[n], LayerConfig.parse("int8")))
+           for n, w, b in model.layers}
     assert digits_accuracy(model.with_weights(deq)) > 0.9
     # with_weights does not touch the original
     assert digits_accuracy(model.module) > 0.9
@@ -144,22 +149,35 @@ def test_bad_paths(tmp_path, case):
 # ------------------------------------------------------------------ whole runs
 def test_compress_model_digits(digits, tmp_path):
     model, _ = digits
-    cfg = AccelConfig(k=16, d=4)
     lines = []
-    out = compress_model(model, "ssvq", cfg, tmp_path / "img", progress=lines.append)
+    out = compress_model(model, "ssvq-k16-d4", tmp_path / "img", progress=lines.append)
     s = read_images(out)
     assert s.layer_names == ["fc1", "fc2", "fc3"]
     assert sum(line.startswith("[") for line in lines) == 3
+    assert any("calibration: real" in line for line in lines)
+    lc = LayerConfig.parse("ssvq-k16-d4")
+    assert s.config == AccelConfig.covering([(lc, 128, 64), (lc, 64, 128), (lc, 10, 64)])
     bits = weights = 0
+    cal = model.calibration()
     for n, w, _ in model.layers:
         img = s.layer(n)
-        np.testing.assert_array_equal(integer_forward(img), outputs(img))
+        assert img.config == lc
         np.testing.assert_array_equal(img.signs, (w < 0).astype(np.uint8))
-        sec = layer_sections(cfg, "ssvq", *w.shape)
-        bits += (sec["codebook"][1] + sec["weights"][1]) * cfg.bus + 16 * w.shape[0]
+        # the image read back computes what the in-memory quantizer made
+        mem = quantize_layer(n, w, dict((a, c) for a, _, c in model.layers)[n], cal[n], lc)
+        np.testing.assert_array_equal(outputs(img), outputs(mem))
+        sec = layer_sections(s.config, lc, *w.shape)
+        bits += (sec["codebook"][1] + sec["weights"][1]) * s.config.bus + 16 * w.shape[0]
         weights += w.size
+        lm = s.entry(n)["meta"]
+        assert lm["plan"]["config"] == "ssvq-k16-d4" and lm["plan"]["rule"] == "global"
+        assert lm["bits"]["total"] == (sec["codebook"][1] + sec["weights"][1]) \
+            * s.config.bus + 16 * w.shape[0]
     meta = s.manifest["meta"]
-    assert meta["model"] == "digits" and meta["method"] == "ssvq"
+    assert meta["model"] == "digits" and meta["configs"] == {n: "ssvq-k16-d4" for n in
+                                                             s.layer_names}
+    assert meta["plan"]["global"] == {"method": "ssvq", "k": 16, "d": 4}
+    assert meta["calibration"]["source"] == "real"
     assert meta["bits_per_weight"]["total"] == pytest.approx(bits / weights)
     assert set(meta["rel_weight_error"]["layers"]) == {"fc1", "fc2", "fc3"}
     assert 0 < meta["rel_weight_error"]["total"] < 0.6
@@ -168,10 +186,17 @@ def test_compress_model_digits(digits, tmp_path):
     assert digits_accuracy(model.with_weights(deq)) > 0.8
 
 
+def test_default_plan_sends_the_small_layer_to_int8(digits):
+    """ssvq K=256 D=8 has a 2048-value codebook: more than fc3's 640 weights."""
+    c = compress_layers(digits[0], "ssvq")
+    assert c.meta["configs"] == {"fc1": "ssvq-k256-d8", "fc2": "ssvq-k256-d8", "fc3": "int8"}
+    assert c.layer_meta["fc3"]["plan"]["rule"] == "small_layers"
+    assert c.config.modes == ("int", "ssvq") and c.config.int_bits == (8,)
+
+
 def test_compress_unknown_layer(digits, tmp_path):
     with pytest.raises(UserError, match="fc9"):
-        compress_model(digits[0], "int8", AccelConfig(k=16, d=4), tmp_path / "x",
-                       layers=["fc9"], progress=None)
+        compress_model(digits[0], "int8", tmp_path / "x", layers=["fc9"], progress=None)
 
 
 def test_cli_compress_state_dict(tmp_path, capsys):
@@ -182,10 +207,11 @@ def test_cli_compress_state_dict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "standard-normal" in out and "[2/2]" in out
     m = json.loads((tmp_path / "img" / "manifest.json").read_text())
-    assert m["meta"]["calibration"] == "random-normal"
+    assert m["meta"]["calibration"]["source"] == "random-normal"
     assert [(e["name"], e["rows"], e["cols"]) for e in m["layers"]] == [("conv", 8, 27),
                                                                       ("fc", 10, 20)]
-    assert m["config"]["k"] == 16 and m["config"]["d"] == 4
+    assert m["config"]["kmax"] == 16 and m["config"]["d_set"] == [4]
+    assert m["config"]["modes"] == ["vq"]
 
 
 def test_cli_compress_missing_file(tmp_path, capsys):
@@ -195,10 +221,12 @@ def test_cli_compress_missing_file(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_config_for_grows_to_the_model(tmp_path):
-    torch.save({"big.weight": torch.zeros(5000, 3)}, tmp_path / "b.pt")
-    cfg = config_for(load_model(str(tmp_path / "b.pt")), k=16, d=4)
+def test_accel_config_grows_to_the_model():
+    lc = LayerConfig.parse("int8")
+    cfg = accel_config_for([("big", lc, 5000, 3)])
     assert cfg.max_rows == 8192 and cfg.max_cols == 4096
+    with pytest.raises(ConfigError, match=r"layer wide \(vq-k16-d64.*mults \(32\)"):
+        accel_config_for([("wide", LayerConfig.parse("vq-k16-d64"), 4, 128)])
 
 
 # ------------------------------------------------------------------ MiniLM (slow)
@@ -214,3 +242,38 @@ def test_minilm_layers_and_calibration():
     for n, w, _ in m.layers:
         assert cal[n].shape[1] == w.shape[1] and 100 < len(cal[n]) <= 512
         assert np.isfinite(cal[n]).all() and cal[n].std() > 0
+
+
+def test_compress_imports_only_the_contract():
+    """compress/ imports nothing of the project but itself and the ssvq contract
+    (errors, config, image, reference, files): never sim/, hw/ or ssvq.app."""
+    import ast
+    from pathlib import Path
+    contract = {"ssvq.errors", "ssvq.config", "ssvq.image", "ssvq.reference", "ssvq.files"}
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for f in sorted((root / "compress").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for n in names:
+                top = n.split(".")[0]
+                if top in ("sim", "hw") or (top == "ssvq" and n not in contract):
+                    bad.append(f"{f.name}: {n}")
+    assert not bad
+
+
+@pytest.mark.slow
+def test_minilm_post_training_quality_is_unchanged():
+    """Mean per-layer relative weight error of the 36 MiniLM layers, as the pre-v2
+    compressor (2e40034) measured them: the v2 quantizers of these three
+    configurations are the same computation."""
+    m = load_model("minilm")
+    want = {"ssvq-k256-d8": (0.3049462, 2.0868), "vq-k256-d4": (0.3119992, 2.0590),
+            "int8": (0.0091852, 8.0312)}
+    for name, (err, bpw) in want.items():
+        c = compress_layers(m, name)
+        assert set(c.meta["configs"].values()) == {name}
+        got = np.mean(list(c.meta["rel_weight_error"]["layers"].values()))
+        assert got == pytest.approx(err, abs=2e-4), name
+        assert c.meta["bits_per_weight"]["total"] == pytest.approx(bpw, abs=1e-3), name

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from compress.quality import pareto_front, verdict
-from ssvq.cli import main
+from ssvq.app.cli import main
+from ssvq.app.quality import pareto_front, verdict
 
 
 def _front_by_sweep(rows, metric):
@@ -73,13 +73,38 @@ def test_methods_error_names_the_choices(tmp_path, capsys):
     assert "int5" in err and "ssvq-k256-d8" in err and "vq-k256-d4" in err
 
 
-@pytest.mark.parametrize("field", ["golden_bit_exact", "rtl_bit_exact"])
+@pytest.mark.parametrize("field", ["images_round_trip", "rtl_bit_exact"])
 def test_a_failed_bit_exactness_check_fails_the_command(tmp_path, monkeypatch, capsys, field):
-    import compress.quality as q
+    import ssvq.app.quality as q
     rows = [dict(method="fp32", config=""), dict(method="ssvq", config="K=8 D=4",
-                                                 golden_bit_exact=True, rtl_bit_exact=True)]
+                                                 images_round_trip=True, rtl_bit_exact=True)]
     monkeypatch.setattr(q, "run_digits", lambda out, budget: {"rows": rows})
     assert main(["quality", "--model", "digits", "--out", str(tmp_path / "q")]) == 0
     rows[1][field] = False
     assert main(["quality", "--model", "digits", "--out", str(tmp_path / "q")]) == 1
     assert "ssvq K=8 D=4" in capsys.readouterr().err
+
+
+def test_image_check_catches_a_stream_that_decodes_differently(monkeypatch):
+    """_check_images packs and unpacks every image; a packer that drops a bit is seen."""
+    import numpy as np
+
+    import ssvq.app.quality as q
+    from compress.quantize import quantize_layer
+    from ssvq.config import LayerConfig
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((20, 40)).astype(np.float32)
+    x = rng.standard_normal((50, 40)).astype(np.float32)
+    imgs = [quantize_layer("a", w, None, x, LayerConfig.parse(n)) for n in ("int4",)]
+    assert q._check_images(imgs, {"a": x})
+    real_pack = q.pack_layer
+
+    def bad_pack(img, cfg):
+        beats, sec = real_pack(img, cfg)
+        beats = beats.copy()
+        first, count = sec["weights"]
+        beats[first, 0] ^= 0x01            # weight 0 of row 0 changes
+        return beats, sec
+    monkeypatch.setattr(q, "pack_layer", bad_pack)
+    imgs[0].act = np.full(40, 100, np.int8)
+    assert not q._check_images(imgs, {"a": x})
