@@ -141,6 +141,14 @@ def _derived(b):
     }
 
 
+def _contains(container, x):
+    """Python ``x in container``; False where that is not defined."""
+    try:
+        return x in container
+    except TypeError:
+        return False
+
+
 def make_build(fields=None, **kw):
     """2.2: validate a build given as field values (missing: defaults).
 
@@ -181,7 +189,7 @@ def make_build(fields=None, **kw):
     if not e_ok:
         errs.append(f"int_bits: expected distinct widths from {INT_BITS!r}, "
                     f"found {ib!r}")
-    elif isinstance(modes, tuple) and "int" in modes and not ib:   # (e')
+    elif _contains(modes, "int") and not ib:                       # (e')
         errs.append("int_bits: expected at least one width when the int "
                     "mode is built")
     ds = b["d_set"]                                                # (f)

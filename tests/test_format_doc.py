@@ -613,6 +613,54 @@ BAD_BUILDS = [
 ]
 
 
+GOOD_BUILDS = [
+    {}, EXAMPLE_BUILD, {"int_bits": (True,)}, {"int_bits": [8.0]},
+    {"modes": ["vq"], "int_bits": []}, {"modes": ["ssvq"], "int_bits": [3]},
+    {"d_set": [64], "mults": 64}, {"mults": 1, "d_set": [1]},
+    {"max_cols": 65535, "mults": 128, "d_set": [64]},
+    {"mults": 128, "d_set": [16], "kmax": 4096}, {"d_set": [8, 4, 1]},
+]
+
+
+@pytest.mark.parametrize("fields", GOOD_BUILDS, ids=lambda f: json.dumps(f))
+def test_good_builds_match_implementation(fields):
+    from ssvq.config import AccelConfig
+    D.make_build(fields)
+    AccelConfig(**fields)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="FINDING: AccelConfig(modes=None or 5) raises TypeError, "
+                          "not the ConfigError of rule 2.2 (d)")
+@pytest.mark.parametrize("modes", [None, 5])
+def test_modes_not_iterable(modes):
+    from ssvq.config import AccelConfig
+    with pytest.raises(D.DocFormatError) as mine:
+        D.make_build({"modes": modes})
+    with pytest.raises(ValueError) as theirs:
+        AccelConfig(modes=modes)
+    assert str(mine.value) == str(theirs.value)
+
+
+def test_group_bits_bounded_by_build():
+    """2.4: a layer that passes check_layer has group_bits <= max_group_bits,
+    and every record fits max_record_bits."""
+    for fields in RANDOM_BUILDS + [EXAMPLE_BUILD, {}]:
+        b = D.make_build(fields)
+        der = b["derived"]
+        for mode in b["modes"]:
+            if mode == "int":
+                lcs = [D.layer_config("int", bits=x) for x in b["int_bits"]]
+            else:
+                lcs = [D.layer_config(mode, k=2 ** e, d=d, m=m, coef_bits=c)
+                       for e in range(1, D.log2(b["kmax"]) + 1) for d in b["d_set"]
+                       for m in range(1, b["m_max"] + 1)
+                       for c in range(b["coef_bits_max"] + 1)]
+            for lc in lcs:
+                D.check_layer(b, lc, 1, 1)
+                assert D.group_bits_of(b, lc) <= der["max_group_bits"] <= der["max_record_bits"]
+
+
 @pytest.mark.parametrize("fields", BAD_BUILDS, ids=lambda f: json.dumps(f))
 def test_bad_builds_match_implementation(fields):
     from ssvq.config import AccelConfig
@@ -1077,6 +1125,8 @@ def test_base_set_reads(base_set):
     assert [x["name"] for x in layers] == ["fc.int3", "vq/c", "ex.d"]
     assert [x["dir"] for x in layers] == ["layers/000_fc.int3", "layers/001_vq_c",
                                           "layers/002_ex.d"]
+    man = _load(base_set)
+    assert man["meta"] == {} and [e["meta"] for e in man["layers"]] == [{}, {}, {}]
     for lay, ex in zip(layers, (A, C, Dx)):
         assert lay["outputs"].tolist() == ex["y"]
         assert np.array_equal(lay["weights"], ex["W"])
@@ -1345,3 +1395,127 @@ def test_manifest_level_rejections(base_set, tmp_path):
     expect(f"{m}: format: expected ssvq-image, found list")
     (root / "manifest.json").unlink()
     expect(f"{m}: expected a manifest, found no such file")
+
+
+# ---------------------------------------------------------------------------
+# the writer's side, black box: 5.7 encoder input rules and 8.1 write_images
+
+def _int3_arrays():
+    return {k: v.copy() for k, v in A["arrays"].items()}
+
+
+def _vq_arrays():
+    return {k: v.copy() for k, v in C["arrays"].items()}
+
+
+def _w(arrays, **changes):
+    out = dict(arrays)
+    out.update(changes)
+    return out
+
+
+ENCODER_CASES = [
+    ("int3", 3, 10, _w(_int3_arrays(), bias=None),
+     "layer L: bias: expected array of shape (3,), found nothing"),
+    ("int3", 3, 10, _w(_int3_arrays(), mult=np.ones(4, np.uint16)),
+     "layer L: mult shape: expected (3,), found (4,)"),
+    ("int3", 3, 10, _w(_int3_arrays(), shift=np.ones(3, np.float64)),
+     "layer L: shift dtype: expected integer, found float64"),
+    ("int3", 3, 10, _w(_int3_arrays(), shift=np.ones(3, bool)),
+     "layer L: shift dtype: expected integer, found bool"),
+    ("int3", 3, 10, _w(_int3_arrays(), shift=np.array([0, 5, 64])),
+     "layer L: shift range: expected 1..63, found 0..64"),
+    ("int3", 3, 10, _w(_int3_arrays(), act=np.arange(10) * 20),
+     "layer L: act range: expected -128..127, found 0..180"),
+    ("int3", 3, 10, _w(_int3_arrays(), weights=np.full((3, 10), 4)),
+     "layer L: weights range: expected -4..3, found 4..4"),
+    ("int1", 3, 10, _w(_int3_arrays(), weights=np.zeros((3, 10), np.int8)),
+     "layer L: weights values: expected -1 or +1 for int1, found 0"),
+    ("int1", 3, 10, _w(_int3_arrays(), weights=np.full((3, 10), 2, np.int8)),
+     "layer L: weights range: expected -1..1, found 2..2"),
+    ("int3", 3, 10, _w(_int3_arrays(), codes=np.zeros((3, 3, 1), np.int32)),
+     "layer L: codes: expected none for int3, found an array"),
+    ("int3", 65, 10, _int3_arrays(), "layer L: rows=65 outside 1..64 (max_rows)"),
+    ("int7", 3, 10, _int3_arrays(), None),      # LayerConfig.parse refuses int7
+    ("vq-k4-d4-m2-c4", 3, 10, _w(_vq_arrays(), coefs=None),
+     "layer L: coefs: expected array of shape (3, 3, 2), found nothing"),
+    ("vq-k4-d4-m2-c4", 3, 10, _w(_vq_arrays(), codes=np.full((3, 3, 2), 4, np.int32)),
+     "layer L: codes range: expected 0..3, found 4..4"),
+    ("vq-k4-d4-m2-c4", 3, 10, _w(_vq_arrays(), coefs=np.full((3, 3, 2), 8, np.int8)),
+     "layer L: coefs range: expected -8..7, found 8..8"),
+    ("vq-k4-d4-m2-c1", 3, 10, _w(_vq_arrays(), coefs=np.full((3, 3, 2), 1, np.int8)),
+     "layer L: coefs range: expected -1..0, found 1..1"),
+    ("vq-k4-d4-m2", 3, 10, _vq_arrays(),
+     "layer L: coefs: expected none for vq-k4-d4-m2, found an array"),
+    ("vq-k4-d4-m2-c4", 3, 10, _w(_vq_arrays(), signs=np.zeros((3, 10), np.uint8)),
+     "layer L: signs: expected none for vq-k4-d4-m2-c4, found an array"),
+    ("vq-k4-d4-m2-c4", 3, 10, _w(_vq_arrays(), weights=np.zeros((3, 10), np.int8)),
+     "layer L: weights: expected none for vq-k4-d4-m2-c4, found an array"),
+    ("vq-k4-d4-m2-c4", 3, 10, _w(_vq_arrays(), codes=np.zeros((3, 3), np.int32)),
+     "layer L: codes shape: expected (3, 3, 2), found (3, 3)"),
+    ("ssvq-k4-d4-m2-c4", 3, 10, _vq_arrays(),
+     "layer L: codebook range: expected 0..255, found -128..6"),
+    ("vq-k32-d4", 3, 10, _vq_arrays(), "layer L: k=32 is above kmax=16 of this build"),
+    ("vq-k4-d8", 3, 10, _vq_arrays(), "layer L: d=8 is not in this build's d_set [2, 4]"),
+]
+
+
+@pytest.mark.parametrize("case", ENCODER_CASES, ids=[f"{c[0]}:{c[4]}" for c in ENCODER_CASES])
+def test_encoder_input_rules(case, tmp_path):
+    """5.7 through write_images; the set is not written (8.1)."""
+    name, rows, cols, arrays, msg = case
+    if msg is None:
+        with pytest.raises(ValueError):
+            impl_image("L", name, rows, cols, arrays)
+        return
+    img = impl_image("L", name, rows, cols, arrays)
+    out = tmp_path / "set"
+    with pytest.raises(ValueError) as ei:
+        impl_write(out, EXAMPLE_BUILD, [img])
+    assert str(ei.value) == msg
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_write_images_behaviour(tmp_path):
+    """8.1: duplicate names, progress, layer_meta, replacing a folder, no
+    partial writes; 10: arrays stored as given, scales cast to float32."""
+    from ssvq.config import AccelConfig
+    from ssvq.image import write_images
+    cfg = AccelConfig(**EXAMPLE_BUILD)
+    a64 = {k: v.astype(np.int64) for k, v in A["arrays"].items()}
+    img_a = impl_image("a", A["name"], A["rows"], A["cols"], a64,
+                       scales={"s": np.array([1.5, 2.5, 3.5], np.float64)})
+    img_d = impl_image("d d", Dx["name"], Dx["rows"], Dx["cols"], Dx["arrays"])
+    out = tmp_path / "set"
+    with pytest.raises(ValueError) as ei:
+        write_images(str(out), cfg, [img_a, img_d, img_a])
+    assert str(ei.value) == f"{out}: layers: expected unique names, found duplicates ['a']"
+    assert not out.exists()
+    calls = []
+    write_images(str(out), cfg, [img_a, img_d], meta=[1, "x"],
+                 progress=lambda *args: calls.append(args),
+                 layer_meta={"d d": {"k": "v"}})
+    # progress(i, n, name) after each layer: i as the document does not say
+    assert [c[1:] for c in calls] == [(2, "a"), (2, "d d")]
+    progress_first = calls[0][0]
+    man = _load(out)
+    assert man["meta"] == [1, "x"]
+    assert [e["meta"] for e in man["layers"]] == [{}, {"k": "v"}]
+    assert [e["dir"] for e in man["layers"]] == ["layers/000_a", "layers/001_d_d"]
+    with np.load(out / "layers/000_a/arrays.npz") as z:
+        assert all(z[k].dtype == np.int64 for k in a64)
+        assert z["scale_s"].dtype == np.float32
+    layers = D.decode_image_set(out)
+    assert layers[0]["outputs"].tolist() == A["y"]
+    # a failing write leaves the existing set untouched
+    before = (out / "manifest.json").read_bytes()
+    bad = impl_image("b", "int3", 3, 10, _w(_int3_arrays(), shift=np.zeros(3, np.uint8)))
+    with pytest.raises(ValueError):
+        write_images(str(out), cfg, [img_d, bad])
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    # a successful write replaces it, leaving no siblings behind
+    write_images(str(out), cfg, [img_d])
+    assert [x["name"] for x in D.decode_image_set(out)] == ["d d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    assert progress_first in (0, 1)
