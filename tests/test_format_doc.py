@@ -1256,10 +1256,6 @@ def test_manifest_rejections(what, edit, msg, base_set, tmp_path):
     assert text == msg
 
 
-def _file_case(fn, mutate, refresh, msg_tail, layer=0):
-    return (fn, mutate, refresh, msg_tail, layer)
-
-
 def _crlf(b):
     return b.replace(b"\n", b"\r\n")
 
