@@ -1,515 +1,1001 @@
-"""Clean-room decoder of the `ssvq-image` memory-image format.
+"""Independent decoder (and small encoder) for ``ssvq-image`` version 2.
 
-Written only from docs/FORMAT.md (and the README), without reading or importing
-the project's implementation: standard library plus NumPy. It checks a
-manifest's files (sizes, SHA-256), parses stream.bin and stream.hex, decodes the
-header, codebook, params, activations and weight blocks (with the structural
-checks of FORMAT.md section 7), rebuilds the integer weight matrix (section 8)
-and computes the int8 outputs (section 9); it also packs / unpacks the output
-stream of section 10.
+Written from ``docs/FORMAT.md`` alone, as a clean-room check of that
+document: nothing here was taken from the reference implementation
+(``ssvq/``, ``hw/``, ``sim/``, ``compress/``).  Section numbers in the
+comments are those of FORMAT.md.
 
-Section numbers in comments refer to docs/FORMAT.md.
+Public entry points:
+
+* ``decode_image_set(path)`` -> list of per-layer dicts (name, config, rows,
+  cols, weights (the integer weight matrix W, int64), bias, mult, shift, act,
+  outputs (int8), and the logical arrays and derived values);
+* ``decode_stream(beats, build_config)`` -> one layer's dict (no name);
+* ``encode_stream(build_config, config, rows, cols, arrays)`` -> bytes, the
+  inverse, used to check the worked examples in both directions.
+
+Every violation raises ``DocFormatError`` (a ``ValueError``) whose text
+follows the messages the document quotes.
 """
-
-from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from dataclasses import dataclass, field
+import re
 
 import numpy as np
 
-MAGIC = 0x315653
-MODES = {0: "int8", 1: "vq", 2: "ssvq"}
-MODE_IDS = {v: k for k, v in MODES.items()}
-CONFIG_DEFAULTS = {"k": 256, "d": 8, "cw": 8, "mults": 32, "bus": 64,
-                   "max_rows": 4096, "max_cols": 4096}
-SECTION_NAMES = ("header", "codebook", "params", "acts", "weights")
-FILES = ("stream.bin", "stream.hex", "arrays.npz")
-
 
 class DocFormatError(ValueError):
-    """A violation of docs/FORMAT.md found by this decoder."""
+    """A violation of FORMAT.md found by this decoder."""
 
 
-def _fail(where, what, expected, found):
-    raise DocFormatError(f"{where}: {what}: expected {expected}, found {found}")
+# ---------------------------------------------------------------------------
+# 2.1 constants
+
+CW_BITS = 8
+ACT_BITS = 8
+OUT_BITS = 8
+HEADER_BITS = 128
+PARAM_BITS = 64
+BIAS_BITS, MULT_BITS, SHIFT_BITS = 32, 16, 6
+ACC_BITS = 40
+INT_BITS = (1, 2, 3, 4, 5, 6, 8)
+M_MAX = 2
+COEF_BITS_MAX = 4
+HEADER_MAGIC = 0x325653
+HEADER_MAGIC_V1 = 0x315653
+MAX_RECORD_BITS = 1024
+
+MODES = ("int", "vq", "ssvq")
+MODE_ID = {"int": 0, "vq": 1, "ssvq": 2}
+MODE_OF_ID = {0: "int", 1: "vq", 2: "ssvq"}
+SECTIONS = ("header", "codebook", "params", "acts", "weights")
+STREAM_FILES = ("stream.bin", "stream.hex", "arrays.npz")
+
+BUILD_FIELDS = ("kmax", "d_set", "int_bits", "modes", "m_max",
+                "coef_bits_max", "mults", "bus", "max_rows", "max_cols")
+BUILD_DEFAULTS = {"kmax": 256, "d_set": (4, 8), "int_bits": INT_BITS,
+                  "modes": MODES, "m_max": 2, "coef_bits_max": 4,
+                  "mults": 32, "bus": 64, "max_rows": 4096,
+                  "max_cols": 4096}
+LC_FIELDS = ("mode", "bits", "k", "d", "m", "coef_bits")
+
+NAME_RE = re.compile(
+    r"^(?:int(?P<bits>\d+)|(?P<mode>vq|ssvq)-k(?P<k>\d+)-d(?P<d>\d+)"
+    r"(?:-m(?P<m>\d+))?(?:-c(?P<c>\d+))?)$")
 
 
-def _is_pow2(x):
-    return isinstance(x, int) and x >= 1 and (x & (x - 1)) == 0
+# ---------------------------------------------------------------------------
+# 1. conventions
+
+def is_int(v):
+    return type(v) is int
 
 
-def _ceil(a, b):
-    return -(-a // b)
+def is_pow2(v):
+    return type(v) is int and v >= 1 and v & (v - 1) == 0
 
 
-def _log2(x):
-    assert _is_pow2(x)
+def bitlen(n):
+    return n.bit_length()
+
+
+def log2(x):
+    assert is_pow2(x), x
     return x.bit_length() - 1
 
 
-# --------------------------------------------------------------------------
-# Section 1: configuration
+def ceil_div(a, b):
+    return -(-a // b)
 
 
-@dataclass(frozen=True)
-class Config:
-    k: int = 256
-    d: int = 8
-    cw: int = 8
-    mults: int = 32
-    bus: int = 64
-    max_rows: int = 4096
-    max_cols: int = 4096
-
-    def validate(self):
-        for name in ("k", "d", "mults", "bus"):
-            if not _is_pow2(getattr(self, name)):
-                raise DocFormatError(f"config: {name} must be a power of two, found {getattr(self, name)}")
-        if self.cw != 8:
-            raise DocFormatError(f"config: cw must be 8, found {self.cw}")
-        if self.k < 2 or self.bus < 64 or self.d > self.mults:
-            raise DocFormatError(f"config: invalid k/bus/d: {self}")
-        if not (1 <= self.max_rows <= 65535 and 1 <= self.max_cols <= 65535):
-            raise DocFormatError(f"config: max_rows/max_cols out of range: {self}")
-        if self.k * self.d * self.cw < self.bus:
-            raise DocFormatError(f"config: codebook smaller than one beat: {self}")
-        pc = _ceil(self.max_cols, self.mults) * self.mults
-        if 17 + math.ceil(math.log2(pc)) + 1 > 32:
-            raise DocFormatError(f"config: accumulator wider than 32 bits: {self}")
-        return self
-
-    @classmethod
-    def from_manifest(cls, obj):
-        unknown = set(obj) - set(CONFIG_DEFAULTS) - {"lanes"}
-        if unknown:
-            raise DocFormatError(f"config: unknown keys {sorted(unknown)}")
-        vals = dict(CONFIG_DEFAULTS)
-        for key in CONFIG_DEFAULTS:
-            if key in obj:
-                vals[key] = int(obj[key])
-        return cls(**vals).validate()
+def signed(u, n):
+    """Two's complement read of an n-bit pattern (scalar or array)."""
+    if n == 0:
+        return u * 0
+    return np.where(u >= (1 << (n - 1)), u - (1 << n), u) \
+        if isinstance(u, np.ndarray) else (u - (1 << n) if u >= (1 << (n - 1)) else u)
 
 
-# --------------------------------------------------------------------------
-# Section 2: derived quantities
+# ---------------------------------------------------------------------------
+# 2. build configuration
+
+def group_bits_of(build, lc):
+    """2.3: width of one weight-group record of layer configuration lc."""
+    mults = build["mults"]
+    if lc["mode"] == "int":
+        return mults * lc["bits"]
+    lanes = mults // lc["d"]
+    slots = lanes * lc["m"] * (log2(lc["k"]) + lc["coef_bits"])
+    return slots + (mults if lc["mode"] == "ssvq" else 0)
 
 
-@dataclass(frozen=True)
-class Geometry:
-    mode: str
-    rows: int
-    cols: int
-    L: int
-    code_bits: int
-    G: int
-    padded_cols: int
-    V: int
-    vectors_per_row: int
-    P: int
-    S: int
-    N: int
-    primary_beats: int
-    sign_beats: int
-    B: int
-    codebook_beats: int
-    param_beats: int
-    act_beats: int
-    weight_blocks: int
-    weight_beats: int
-    out_beats: int
-    total_beats: int
-
-    def sections(self):
-        cb_first = 1
-        par_first = cb_first + self.codebook_beats
-        act_first = par_first + self.param_beats
-        w_first = act_first + self.act_beats
-        return {"header": [0, 1], "codebook": [cb_first, self.codebook_beats],
-                "params": [par_first, self.param_beats],
-                "acts": [act_first, self.act_beats],
-                "weights": [w_first, self.weight_beats]}
+def _derived(b):
+    """2.3 derived quantities (only for a build that passed (a)-(i))."""
+    codebook_modes = tuple(x for x in b["modes"] if x != "int")
+    w = 8 if "int" in b["modes"] else 0
+    if codebook_modes:
+        w = max(w, 9 + b["coef_bits_max"] + bitlen(b["m_max"] - 1))
+    padded = ceil_div(b["max_cols"], b["mults"]) * b["mults"]
+    acc_needed = w + 8 + bitlen(padded - 1) + 1
+    groups = [0]
+    if "int" in b["modes"]:
+        groups += [b["mults"] * x for x in b["int_bits"]]
+    for mode in codebook_modes:
+        lc = {"mode": mode, "bits": 0, "k": b["kmax"], "d": min(b["d_set"]),
+              "m": b["m_max"], "coef_bits": b["coef_bits_max"]}
+        groups.append(group_bits_of(b, lc))
+    max_group_bits = max(groups)
+    d_max = max(b["d_set"])
+    return {
+        "codebook_modes": codebook_modes,
+        "code_bits_max": log2(b["kmax"]),
+        "lanes_max": b["mults"] // min(b["d_set"]),
+        "d_max": d_max,
+        "weight_bits": w,
+        "acc_needed": acc_needed,
+        "max_group_bits": max_group_bits,
+        "max_record_bits": max(HEADER_BITS, PARAM_BITS, b["mults"] * 8,
+                               d_max * 8, max_group_bits),
+    }
 
 
-def geometry(cfg: Config, mode: str, rows: int, cols: int) -> Geometry:
-    if mode not in MODE_IDS:
-        raise DocFormatError(f"mode: expected one of {tuple(MODE_IDS)}, found {mode}")
-    L = cfg.mults // cfg.d
-    code_bits = _log2(cfg.k)
-    G = _ceil(cols, cfg.mults)
-    padded_cols = G * cfg.mults
-    V = _ceil(cols, cfg.d)
-    P = 8 * cfg.mults if mode == "int8" else L * code_bits
-    S = cfg.mults if mode == "ssvq" else 0
-    # smallest N >= 1 with N*P and N*S multiples of bus (by search: the doc's
-    # definition, not its closed form)
-    N = 1
-    while (N * P) % cfg.bus or (N * S) % cfg.bus:
-        N += 1
-    primary_beats = N * P // cfg.bus
-    sign_beats = N * S // cfg.bus
-    B = primary_beats + sign_beats
-    if mode == "int8":
-        codebook_beats = 0
-    else:
-        assert (cfg.k * cfg.d * 8) % cfg.bus == 0
-        codebook_beats = cfg.k * cfg.d * 8 // cfg.bus
-    param_beats = _ceil(rows * 64, cfg.bus)
-    act_beats = _ceil(padded_cols * 8, cfg.bus)
-    weight_blocks = _ceil(rows * G, N)
-    weight_beats = weight_blocks * B
-    out_beats = _ceil(rows * 8, cfg.bus)
-    total = 1 + codebook_beats + param_beats + act_beats + weight_beats
-    return Geometry(mode, rows, cols, L, code_bits, G, padded_cols, V, G * L, P, S, N,
-                    primary_beats, sign_beats, B, codebook_beats, param_beats, act_beats,
-                    weight_blocks, weight_beats, out_beats, total)
+def _contains(container, x):
+    """Python ``x in container``; False where that is not defined."""
+    try:
+        return x in container
+    except TypeError:
+        return False
 
 
-# --------------------------------------------------------------------------
-# Section 5: beats, stream.bin, stream.hex
+def make_build(fields=None, **kw):
+    """2.2: validate a build given as field values (missing: defaults).
 
-
-def beats_from_bin(data: bytes, bus: int, where="stream.bin") -> list[int]:
-    nb = bus // 8
-    if len(data) == 0 or len(data) % nb:
-        _fail(where, "size", f"a non-zero multiple of {nb} bytes", len(data))
-    return [int.from_bytes(data[i:i + nb], "little") for i in range(0, len(data), nb)]
-
-
-def beats_from_hex(text: str, bus: int, where="stream.hex") -> list[int]:
-    # universal newlines: treat CRLF / CR as LF
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines = lines[:-1]
-    width = bus // 4
-    out = []
-    for n, line in enumerate(lines, 1):
-        if len(line) != width or any(ch not in "0123456789abcdefABCDEF" for ch in line):
-            _fail(where, f"line {n}", f"{width} hex digits", repr(line))
-        out.append(int(line, 16))
+    Returns a dict of the ten fields (tuples for the lists) plus ``derived``.
+    """
+    b = dict(BUILD_DEFAULTS)
+    if fields is not None:
+        b.update(fields)
+    b.update(kw)
+    unknown = sorted(set(b) - set(BUILD_FIELDS))
+    if unknown:
+        raise DocFormatError(f"accelerator config: unknown field(s) {unknown}")
+    for key in ("d_set", "int_bits", "modes"):
+        if isinstance(b[key], list):
+            b[key] = tuple(b[key])
+    errs = []
+    for key in ("kmax", "mults", "bus"):                           # (a)
+        if not is_pow2(b[key]):
+            errs.append(f"{key}: expected a power of two, found {b[key]!r}")
+    if is_pow2(b["kmax"]) and not 2 <= b["kmax"] <= 4096:          # (b)
+        errs.append(f"kmax: expected 2..4096, found {b['kmax']}")
+    if is_pow2(b["bus"]) and b["bus"] < 64:                        # (c)
+        errs.append(f"bus: expected at least 64 bits, found {b['bus']}")
+    modes = b["modes"]                                             # (d)
+    if not (isinstance(modes, tuple) and modes
+            and all(isinstance(x, str) for x in modes)
+            and len(set(modes)) == len(modes)
+            and all(x in MODES for x in modes)):
+        errs.append(f"modes: expected distinct names from {MODES!r}, "
+                    f"found {modes!r}")
+    ib = b["int_bits"]                                             # (e)
+    e_ok = False
+    try:
+        e_ok = (isinstance(ib, tuple) and len(set(ib)) == len(ib)
+                and all(x in INT_BITS for x in ib))
+    except TypeError:
+        e_ok = False
+    if not e_ok:
+        errs.append(f"int_bits: expected distinct widths from {INT_BITS!r}, "
+                    f"found {ib!r}")
+    elif _contains(modes, "int") and not ib:                       # (e')
+        errs.append("int_bits: expected at least one width when the int "
+                    "mode is built")
+    ds = b["d_set"]                                                # (f)
+    f_ok = (isinstance(ds, tuple) and ds and all(is_pow2(x) and x <= 64
+                                                  for x in ds)
+            and len(set(ds)) == len(ds))
+    if not f_ok:
+        errs.append(f"d_set: expected distinct powers of two up to 64, "
+                    f"found {ds!r}")
+    elif is_pow2(b["mults"]) and max(ds) > b["mults"]:              # (f')
+        errs.append(f"d_set: every d must be at most mults ({b['mults']}), "
+                    f"found {ds!r}")
+    if not (is_int(b["m_max"]) and 1 <= b["m_max"] <= 2):          # (g)
+        errs.append(f"m_max: expected 1..2, found {b['m_max']!r}")
+    if not (is_int(b["coef_bits_max"]) and 0 <= b["coef_bits_max"] <= 4):
+        errs.append(f"coef_bits_max: expected 0..4, "                # (h)
+                    f"found {b['coef_bits_max']!r}")
+    for key in ("max_rows", "max_cols"):                           # (i)
+        if not (is_int(b[key]) and 1 <= b[key] <= 65535):
+            errs.append(f"{key}: expected 1..65535, found {b[key]!r}")
+    if errs:
+        raise DocFormatError("accelerator config: " + "; ".join(errs))
+    der = _derived(b)
+    if der["acc_needed"] > ACC_BITS:                               # (j)
+        raise DocFormatError(
+            f"accelerator config: max_cols={b['max_cols']} with "
+            f"{der['weight_bits']}-bit weights needs a {der['acc_needed']}-bit "
+            f"accumulator, have {ACC_BITS}")
+    if der["max_record_bits"] > MAX_RECORD_BITS:                   # (k)
+        raise DocFormatError(
+            f"accelerator config: the widest weight group is "
+            f"{der['max_record_bits']} bits, more than {MAX_RECORD_BITS} "
+            f"(fewer lanes: raise the smallest d or lower mults, m_max or kmax)")
+    out = {k: b[k] for k in BUILD_FIELDS}
+    out["derived"] = der
     return out
 
 
-def beats_to_bin(beats, bus: int) -> bytes:
-    return b"".join(int(b).to_bytes(bus // 8, "little") for b in beats)
+def build_to_dict(build):
+    return {k: (list(build[k]) if isinstance(build[k], tuple) else build[k])
+            for k in BUILD_FIELDS}
 
 
-def beats_to_hex(beats, bus: int) -> str:
-    return "".join(f"{int(b):0{bus // 4}x}\n" for b in beats)
+def build_from_dict(d, where, partial=False):
+    """2.5 ``AccelConfig.from_dict``."""
+    if not isinstance(d, dict):
+        raise DocFormatError(f"{where}: expected an object of config fields, "
+                             f"found {type(d).__name__}")
+    unknown = sorted(set(d) - set(BUILD_FIELDS))
+    if unknown:
+        raise DocFormatError(f"{where}: unknown field(s) {unknown}; expected "
+                             f"{list(BUILD_FIELDS)}")
+    if not partial:
+        missing = [k for k in BUILD_FIELDS if k not in d]
+        if missing:
+            raise DocFormatError(f"{where}: missing field(s) {missing}")
+    for key, v in d.items():
+        if key in ("d_set", "int_bits"):
+            if not (isinstance(v, list) and all(is_int(x) for x in v)):
+                raise DocFormatError(
+                    f"{where}: {key}: expected a list of integers, found {v!r}")
+        elif key == "modes":
+            if not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise DocFormatError(
+                    f"{where}: modes: expected a list of names, found {v!r}")
+        elif not is_int(v):
+            raise DocFormatError(
+                f"{where}: {key}: expected an integer, found {v!r}")
+    try:
+        return make_build(d)
+    except DocFormatError as e:
+        raise DocFormatError(f"{where}: {e}") from None
 
 
-class _Bits:
-    """The stream as one little-endian bit string (stream bit n = beat n//bus, bit n%bus)."""
-
-    def __init__(self, data: bytes):
-        self.bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-
-    def fields(self, start: int, count: int, width: int) -> np.ndarray:
-        """`count` consecutive unsigned fields of `width` bits from stream bit `start` (int64)."""
-        assert width <= 62
-        if count == 0:
-            return np.zeros(0, dtype=np.int64)
-        chunk = self.bits[start:start + count * width]
-        assert chunk.size == count * width
-        w = (np.int64(1) << np.arange(width, dtype=np.int64))
-        return chunk.reshape(count, width).astype(np.int64) @ w
-
-    def any_set(self, start: int, stop: int) -> bool:
-        return bool(self.bits[start:stop].any())
+def as_build(build_config):
+    if isinstance(build_config, dict) and "derived" in build_config:
+        return build_config
+    return make_build(build_config)
 
 
-# --------------------------------------------------------------------------
-# Sections 6 and 7: decode a layer stream
+# ---------------------------------------------------------------------------
+# 3. layer configuration
+
+def layer_config(mode, bits=0, k=0, d=0, m=0, coef_bits=0):
+    """3.2: a validated layer configuration (a dict of the six fields)."""
+    if not (isinstance(mode, str) and mode in MODES):
+        raise DocFormatError(f"layer config: mode: expected one of {MODES!r}, "
+                             f"found {mode!r}")
+    vals = {"bits": bits, "k": k, "d": d, "m": m, "coef_bits": coef_bits}
+    errs = [f"{f}: expected an integer, found {v!r}"
+            for f, v in vals.items() if not is_int(v)]
+    if errs:
+        raise DocFormatError("layer config: " + "; ".join(errs))
+    errs = []
+    if mode == "int":
+        if bits not in INT_BITS:
+            errs.append(f"bits: expected one of {INT_BITS!r}, found {bits}")
+        if k or d or m or coef_bits:
+            errs.append("k, d, m, coef_bits: expected 0 for an int layer")
+    else:
+        if bits != 0:
+            errs.append(f"bits: expected 0 for a {mode} layer, found {bits}")
+        if not (is_pow2(k) and k >= 2):
+            errs.append(f"k: expected a power of two >= 2, found {k}")
+        if not is_pow2(d):
+            errs.append(f"d: expected a power of two, found {d}")
+        if not 1 <= m <= 2:
+            errs.append(f"m: expected 1..2, found {m}")
+        if not 0 <= coef_bits <= 4:
+            errs.append(f"coef_bits: expected 0..4, found {coef_bits}")
+    if errs:
+        raise DocFormatError(f"layer config {mode}: " + "; ".join(errs))
+    return {"mode": mode, **vals}
 
 
-@dataclass
-class Layer:
-    cfg: Config
-    geo: Geometry
-    mode: str
-    rows: int
-    cols: int
-    bias: np.ndarray
-    mult: np.ndarray
-    shift: np.ndarray
-    act: np.ndarray
-    codebook: np.ndarray | None = None   # (k, d), signed (vq) or unsigned (ssvq)
-    codes: np.ndarray | None = None      # (rows, V)
-    signs: np.ndarray | None = None      # (rows, cols) 0/1
-    weights: np.ndarray | None = None    # int8 mode: (rows, cols)
-    extra: dict = field(default_factory=dict)
+def lc_to_dict(lc):
+    if lc["mode"] == "int":
+        return {"mode": "int", "bits": lc["bits"]}
+    return {"mode": lc["mode"], "k": lc["k"], "d": lc["d"], "m": lc["m"],
+            "coef_bits": lc["coef_bits"]}
 
 
-def decode_stream(data: bytes, cfg: Config, where="stream") -> Layer:
-    """Decode one layer stream (the bytes of stream.bin) with the checks of section 7."""
-    bus = cfg.bus
-    beats = beats_from_bin(data, bus, where)           # check 1
-    header = beats[0]
-    rec = header & ((1 << 64) - 1)
-    if (rec >> 40) != MAGIC:                            # check 2
-        _fail(where, "header magic", hex(MAGIC), hex(rec >> 40))
-    mode_id = rec & 0xFF
-    if mode_id not in MODES:                            # check 3
-        _fail(where, "mode id", "0..2", mode_id)
-    if header >> 64:                                    # check 4
-        _fail(where, "header bits above 63", "zero", "non-zero")
-    rows = (rec >> 8) & 0xFFFF
-    cols = (rec >> 24) & 0xFFFF
-    if not 1 <= rows <= cfg.max_rows:                   # check 5
-        _fail(where, "rows", f"1..{cfg.max_rows}", rows)
-    if not 1 <= cols <= cfg.max_cols:
-        _fail(where, "cols", f"1..{cfg.max_cols}", cols)
-    mode = MODES[mode_id]
-    g = geometry(cfg, mode, rows, cols)
-    if len(beats) != g.total_beats:                     # check 6
-        _fail(where, "beat count", f"{g.total_beats} for {mode} {rows}x{cols}", len(beats))
-    sec = g.sections()
-    bits = _Bits(data)
+def lc_name(lc):
+    if lc["mode"] == "int":
+        return f"int{lc['bits']}"
+    s = f"{lc['mode']}-k{lc['k']}-d{lc['d']}"
+    if lc["m"] != 1:
+        s += f"-m{lc['m']}"
+    if lc["coef_bits"] != 0:
+        s += f"-c{lc['coef_bits']}"
+    return s
 
-    def sbit(name):
-        return sec[name][0] * bus
 
-    # codebook (6.2)
-    codebook = None
-    if mode != "int8":
-        raw = bits.fields(sbit("codebook"), cfg.k * cfg.d, 8).reshape(cfg.k, cfg.d)
-        codebook = raw - 256 * (raw >= 128) if mode == "vq" else raw
+def lc_parse(name, where="layer config"):
+    """3.3 ``LayerConfig.parse``."""
+    mt = NAME_RE.match(name) if isinstance(name, str) else None
+    if mt is None:
+        raise DocFormatError(
+            f"{where}: expected a name like int4, vq-k256-d4, ssvq-k256-d8 or "
+            f"vq-k16-d8-m2-c4, found {name!r}")
+    if mt.group("bits") is not None:
+        return layer_config("int", bits=int(mt.group("bits")))
+    return layer_config(mt.group("mode"), k=int(mt.group("k")),
+                        d=int(mt.group("d")),
+                        m=int(mt.group("m")) if mt.group("m") else 1,
+                        coef_bits=int(mt.group("c")) if mt.group("c") else 0)
 
-    # params (6.3) -- check 7
-    p0 = sbit("params")
-    recs_lo = bits.fields(p0, 2 * rows, 32).reshape(rows, 2)   # [bits 31..0, bits 63..32]
-    bias = recs_lo[:, 0] - (1 << 32) * (recs_lo[:, 0] >= (1 << 31))
-    hi = recs_lo[:, 1]
-    mult = hi & 0xFFFF
-    shift = (hi >> 16) & 0x3F
-    reserved = hi >> 22
-    if bits.any_set(p0 + rows * 64, p0 + g.param_beats * bus):
-        _fail(where, "params padding", "zero", "non-zero")
-    if (reserved != 0).any():
-        _fail(where, "params reserved bits 54..63", "zero", "non-zero")
+
+def lc_from_dict(d, where="layer config"):
+    """3.4 ``LayerConfig.from_dict``."""
+    if not isinstance(d, dict):
+        raise DocFormatError(f"{where}: expected an object, found "
+                             f"{type(d).__name__}")
+    unknown = sorted(set(d) - set(LC_FIELDS))
+    if unknown:
+        raise DocFormatError(f"{where}: unknown field(s) {unknown}; expected "
+                             f"{sorted(LC_FIELDS)}")
+    if "mode" not in d:
+        raise DocFormatError(f"{where}: LayerConfig.__init__() missing 1 "
+                             f"required positional argument: 'mode'")
+    try:
+        return layer_config(**d)
+    except DocFormatError as e:
+        raise DocFormatError(f"{where}: {e}") from None
+
+
+def check_layer(build, lc, rows, cols, where="layer"):
+    """2.4 ``check_layer``."""
+    b = build
+    if lc["mode"] not in b["modes"]:
+        raise DocFormatError(f"{where}: mode '{lc['mode']}' is not built into "
+                             f"this accelerator (built: {list(b['modes'])})")
+    if lc["mode"] == "int":
+        if lc["bits"] not in b["int_bits"]:
+            raise DocFormatError(f"{where}: int{lc['bits']}: bits {lc['bits']} "
+                                 f"not built (int_bits {list(b['int_bits'])})")
+    else:
+        if lc["k"] > b["kmax"]:
+            raise DocFormatError(f"{where}: k={lc['k']} is above "
+                                 f"kmax={b['kmax']} of this build")
+        if lc["d"] not in b["d_set"]:
+            raise DocFormatError(f"{where}: d={lc['d']} is not in this build's "
+                                 f"d_set {list(b['d_set'])}")
+        if lc["m"] > b["m_max"]:
+            raise DocFormatError(f"{where}: m={lc['m']} is above "
+                                 f"m_max={b['m_max']} of this build")
+        if lc["coef_bits"] > b["coef_bits_max"]:
+            raise DocFormatError(
+                f"{where}: coef_bits={lc['coef_bits']} is above "
+                f"coef_bits_max={b['coef_bits_max']} of this build")
+    if not (is_int(rows) and 1 <= rows <= b["max_rows"]):
+        raise DocFormatError(f"{where}: rows={rows} outside "
+                             f"1..{b['max_rows']} (max_rows)")
+    if not (is_int(cols) and 1 <= cols <= b["max_cols"]):
+        raise DocFormatError(f"{where}: cols={cols} outside "
+                             f"1..{b['max_cols']} (max_cols)")
+
+
+# ---------------------------------------------------------------------------
+# 4. geometry
+
+def geometry(build, lc, rows, cols):
+    b = build
+    mults, bus = b["mults"], b["bus"]
+    G = ceil_div(cols, mults)
+    g = {"G": G, "padded_cols": G * mults, "rows": rows, "cols": cols}
+    if lc["mode"] == "int":
+        g.update(L=0, V=0, code_bits=0, S=0, B=0,
+                 group_bits=mults * lc["bits"], codewords=0, codeword_bits=0)
+    else:
+        L = mults // lc["d"]
+        cb = log2(lc["k"])
+        S = cb + lc["coef_bits"]
+        B = mults if lc["mode"] == "ssvq" else 0
+        g.update(L=L, V=ceil_div(cols, lc["d"]), code_bits=cb, S=S, B=B,
+                 group_bits=B + L * lc["m"] * S, codewords=lc["m"] * lc["k"],
+                 codeword_bits=lc["d"] * 8)
+    assert g["group_bits"] == group_bits_of(b, lc)
+    records = {"header": (1, HEADER_BITS),
+               "codebook": (g["codewords"], g["codeword_bits"]),
+               "params": (rows, PARAM_BITS),
+               "acts": (G, mults * ACT_BITS),
+               "weights": (rows * G, g["group_bits"])}
+    first = 0
+    sections = {}
+    for s in SECTIONS:
+        n, w = records[s]
+        nb = ceil_div(n * w, bus)
+        sections[s] = (first, nb)
+        first += nb
+    g["records"] = records
+    g["sections"] = sections
+    g["total"] = first
+    g["out_beats"] = ceil_div(rows * OUT_BITS, bus)
+    return g
+
+
+def header_record(lc, rows, cols):
+    """5.2 / 3.5 header as a 128-bit integer."""
+    if lc["mode"] == "int":
+        vals = (lc["bits"], 0, 0, 0, 0)
+    else:
+        vals = (0, log2(lc["k"]), log2(lc["d"]), lc["m"], lc["coef_bits"])
+    bits, code_bits, log2_d, m, coef_bits = vals
+    return (MODE_ID[lc["mode"]] | rows << 8 | cols << 24 | HEADER_MAGIC << 40
+            | bits << 64 | code_bits << 72 | log2_d << 80 | m << 88
+            | coef_bits << 96)
+
+
+# ---------------------------------------------------------------------------
+# bit strings
+
+def _to_bits(data):
+    return np.unpackbits(np.frombuffer(bytes(data), np.uint8), bitorder="little")
+
+
+def _fields(bits, starts, width):
+    """Unsigned fields of ``width`` bits at the given bit offsets (int64)."""
+    starts = np.asarray(starts, dtype=np.int64)
+    if width == 0:
+        return np.zeros(starts.shape, np.int64)
+    assert width <= 62
+    idx = starts[..., None] + np.arange(width, dtype=np.int64)
+    return (bits[idx].astype(np.int64) << np.arange(width, dtype=np.int64)).sum(-1)
+
+
+def _put(bits, starts, width, values):
+    starts = np.asarray(starts, dtype=np.int64).ravel()
+    if width == 0 or starts.size == 0:
+        return
+    vals = np.asarray(values, dtype=np.int64).ravel() & ((1 << width) - 1)
+    idx = starts[:, None] + np.arange(width, dtype=np.int64)
+    bits[idx] = (vals[:, None] >> np.arange(width, dtype=np.int64)) & 1
+
+
+def section_bits(bits, build, sections, name):
+    first, nb = sections[name]
+    bus = build["bus"]
+    return bits[first * bus:(first + nb) * bus]
+
+
+# ---------------------------------------------------------------------------
+# 6. decoding a layer stream
+
+def _fail(where, text):
+    raise DocFormatError(f"{where}: {text}")
+
+
+def _slot_layout(g, lc):
+    """Offsets (section bits) of codes, coefficients of every vector slot
+    (rows, G*L, m) and of every sign bit (rows, padded_cols)."""
+    rows, G, L, m = g["rows"], g["G"], g["L"], lc["m"]
+    r = np.arange(rows)[:, None, None]
+    v = np.arange(G * L)[None, :, None]
+    i = np.arange(m)[None, None, :]
+    q, l = v // L, v % L
+    start = (r * G + q) * g["group_bits"] + g["B"] + (l * m + i) * g["S"]
+    return start, start + g["code_bits"]
+
+
+def _sign_layout(build, g):
+    mults = build["mults"]
+    r = np.arange(g["rows"])[:, None]
+    c = np.arange(g["padded_cols"])[None, :]
+    return (r * g["G"] + c // mults) * g["group_bits"] + c % mults
+
+
+def decode_stream(beats, build_config, where="stream"):
+    """Decode one layer stream (6) and compute its outputs (7).
+
+    ``beats``: the stream's bytes (``stream.bin`` contents), or a 2-D uint8
+    array of ``bus/8`` bytes per beat.  ``build_config``: a dict of build
+    fields (missing ones take the defaults of 2.1) or a ``make_build`` result.
+    """
+    build = as_build(build_config)
+    bus = build["bus"]
+    bw = bus // 8
+    if isinstance(beats, np.ndarray):                                # 1
+        if beats.ndim != 2 or beats.shape[1] != bw:
+            _fail(where, f"beat width: expected {bw} bytes, found {beats.shape}")
+        data = beats.astype(np.uint8).tobytes()
+    else:
+        data = bytes(beats)
+        if len(data) % bw:
+            _fail(where, f"beat width: expected {bw} bytes, found ({len(data)},)")
+    n = len(data) // bw
+    hb = ceil_div(HEADER_BITS, bus)
+    if n < hb:                                                       # 2
+        _fail(where, f"beats: expected at least the {hb}-beat header, found {n}")
+    bits = _to_bits(data)
+    header = int.from_bytes(data[:16], "little")
+    magic = (header >> 40) & 0xFFFFFF
+    if magic == HEADER_MAGIC_V1:                                     # 3
+        _fail(where, "header magic: expected 0x325653 (format version 2), "
+              "found 0x315653: a version 1 stream, which this accelerator no "
+              "longer reads; recompress with `ssvq compress`")
+    if magic != HEADER_MAGIC:                                        # 4
+        _fail(where, f"header magic: expected 0x325653, found 0x{magic:x}")
+    mode_id = header & 0xFF
+    if mode_id > 2:                                                  # 5
+        _fail(where, f"header mode: expected 0..2, found {mode_id}")
+    if (header >> 104) or bits[HEADER_BITS:hb * bus].any():          # 6
+        _fail(where, "header reserved bits: expected zero, found non-zero bits")
+    rows = (header >> 8) & 0xFFFF
+    cols = (header >> 24) & 0xFFFF
+    hbits = (header >> 64) & 0xFF
+    code_bits = (header >> 72) & 0xFF
+    log2_d = (header >> 80) & 0xFF
+    m = (header >> 88) & 0xFF
+    coef_bits = (header >> 96) & 0xFF
+    mode = MODE_OF_ID[mode_id]
+    if mode == "int":
+        rest = [code_bits, log2_d, m, coef_bits]
+        if any(rest):                                                # 7
+            _fail(where, "header code_bits/log2_d/m/coef_bits: expected 0 for "
+                  f"an int layer, found {rest}")
+        lc = layer_config("int", bits=hbits)                         # 11
+    else:
+        if hbits != 0:                                               # 8
+            _fail(where, f"header bits: expected 0 for a vq/ssvq layer, "
+                  f"found {hbits}")
+        if not 1 <= code_bits <= 12:                                 # 9
+            _fail(where, f"header code_bits: expected 1..12, found {code_bits}")
+        if log2_d > 6:                                               # 10
+            _fail(where, f"header log2_d: expected 0..6, found {log2_d}")
+        lc = layer_config(mode, k=1 << code_bits, d=1 << log2_d, m=m,  # 11
+                          coef_bits=coef_bits)
+    check_layer(build, lc, rows, cols, f"{where}: header")           # 12
+    g = geometry(build, lc, rows, cols)
+    if n != g["total"]:                                              # 13
+        _fail(where, f"beat count: expected {g['total']} for {lc_name(lc)} "
+              f"{rows}x{cols}, found {n}")
+    secs = g["sections"]
+
+    def sec(name):
+        return section_bits(bits, build, secs, name)
+
+    def tail_nonzero(name):
+        nrec, w = g["records"][name]
+        return sec(name)[nrec * w:].any()
+
+    out = {"config": lc_to_dict(lc), "name_of_config": lc_name(lc),
+           "rows": rows, "cols": cols, "sections": dict(secs),
+           "header": header, "geometry": g}
+
+    # 14 codebook
+    if mode != "int":
+        if tail_nonzero("codebook"):
+            _fail(where, "codebook padding: expected zero, found non-zero bits")
+        d, k = lc["d"], lc["k"]
+        w = np.arange(m * k)[:, None]
+        e = np.arange(d)[None, :]
+        raw = _fields(sec("codebook"), (w * d + e) * 8, 8)
+        if mode == "vq":
+            out["codebook"] = signed(raw, 8).astype(np.int8)
+        else:
+            out["codebook"] = raw.astype(np.uint8)
+
+    # 15 params
+    if tail_nonzero("params"):
+        _fail(where, "params padding: expected zero, found non-zero bits")
+    pb = sec("params")
+    r0 = np.arange(rows) * PARAM_BITS
+    if _fields(pb, r0 + 54, 10).any():
+        _fail(where, "params reserved bits 54..63: expected zero, found non-zero")
+    bias = signed(_fields(pb, r0, 32), 32)
+    mult = _fields(pb, r0 + 32, 16)
+    shift = _fields(pb, r0 + 48, 6)
     if (shift == 0).any():
-        _fail(where, "params shift", "1..63", 0)
+        _fail(where, "params shift: expected 1..63, found 0")
+    out["bias"] = bias.astype(np.int32)
+    out["mult"] = mult.astype(np.uint16)
+    out["shift"] = shift.astype(np.uint8)
 
-    # acts (6.4) -- check 8
-    a0 = sbit("acts")
-    raw = bits.fields(a0, g.padded_cols, 8)
-    act_all = raw - 256 * (raw >= 128)
-    if (act_all[cols:] != 0).any():
-        _fail(where, "acts padding columns", "zero", "non-zero")
-    if bits.any_set(a0 + g.padded_cols * 8, a0 + g.act_beats * bus):
-        _fail(where, "acts padding bits", "zero", "non-zero")
-    act = act_all[:cols]
+    # 16 acts
+    if tail_nonzero("acts"):
+        _fail(where, "acts padding: expected zero, found non-zero bits")
+    acts_all = signed(_fields(sec("acts"), np.arange(g["padded_cols"]) * 8, 8), 8)
+    if acts_all[cols:].any():
+        _fail(where, "acts padding columns: expected zero, found non-zero")
+    out["act"] = acts_all[:cols].astype(np.int8)
 
-    # weights (6.5) -- check 9. Flat view: primary parts concatenated, sign parts concatenated.
-    w0 = sbit("weights")
-    ngroups = rows * g.G
-    nslots = g.weight_blocks * g.N
-    prim_bits = g.primary_beats * bus        # == N*P
-    sign_bits = g.sign_beats * bus           # == N*S
-    blk_bits = g.B * bus
-    blocks = bits.bits[w0:w0 + g.weight_blocks * blk_bits].reshape(g.weight_blocks, blk_bits)
-    primary = blocks[:, :prim_bits].reshape(-1)          # nslots * P bits
-    signpart = blocks[:, prim_bits:prim_bits + sign_bits].reshape(-1)  # nslots * S bits
-    if primary[ngroups * g.P:].any():
-        _fail(where, "weights padding groups (primary)", "zero", "non-zero")
-    pb = _Bits(b"")
-    pb.bits = primary
-    codes = weights = signs = None
-    if mode == "int8":
-        raw = pb.fields(0, ngroups * cfg.mults, 8).reshape(rows, g.padded_cols)
-        wpad = raw - 256 * (raw >= 128)
-        if (wpad[:, cols:] != 0).any():
-            _fail(where, "weights padding columns", "zero", "non-zero")
-        weights = wpad[:, :cols]
-    else:
-        cpad = pb.fields(0, ngroups * g.L, g.code_bits).reshape(rows, g.vectors_per_row)
-        if (cpad[:, g.V:] != 0).any():
-            _fail(where, "codes padding vectors", "zero", "non-zero")
-        codes = cpad[:, :g.V]
-    if mode == "ssvq":
-        if signpart[ngroups * g.S:].any():
-            _fail(where, "signs padding groups", "zero", "non-zero")
-        spad = signpart[:ngroups * g.S].reshape(rows, g.padded_cols).astype(np.int64)
-        if (spad[:, cols:] != 0).any():
-            _fail(where, "signs padding columns", "zero", "non-zero")
-        signs = spad[:, :cols]
-
-    return Layer(cfg, g, mode, rows, cols, bias, mult, shift, act,
-                 codebook=codebook, codes=codes, signs=signs, weights=weights)
-
-
-def decode_hex_text(text: str, cfg: Config) -> Layer:
-    """Decode a layer given as stream.hex text (used for the worked examples)."""
-    beats = beats_from_hex(text, cfg.bus)
-    return decode_stream(beats_to_bin(beats, cfg.bus), cfg)
-
-
-# --------------------------------------------------------------------------
-# Sections 8 and 9: weights and compute
-
-
-def weight_matrix(layer: Layer) -> np.ndarray:
-    if layer.mode == "int8":
-        return layer.weights.astype(np.int64)
-    d = layer.cfg.d
-    cols = layer.cols
-    c = np.arange(cols)
-    code_per_col = layer.codes[:, c // d]                    # (rows, cols)
-    W = layer.codebook[code_per_col, c % d].astype(np.int64)
-    if layer.mode == "ssvq":
-        W = np.where(layer.signs == 1, -W, W)
-    return W
-
-
-def accumulate(layer: Layer) -> list[int]:
-    W = weight_matrix(layer)
-    act = [int(a) for a in layer.act]
-    # exact: int64 is enough per the doc, but use Python ints to be safe
-    return [sum(int(w) * a for w, a in zip(row, act)) for row in W.tolist()]
-
-
-def requantize(acc, bias, mult, shift) -> list[int]:
-    out = []
-    for a, b, m, s in zip(acc, bias, mult, shift):
-        a, b, m, s = int(a), int(b), int(m), int(s)
-        v = ((a + b) * m + (1 << (s - 1))) >> s      # Python >> floors (toward -inf)
-        out.append(max(-128, min(127, v)))
+    # 17 weights tail
+    if tail_nonzero("weights"):
+        _fail(where, "weights padding: expected zero, found non-zero bits")
+    wb = sec("weights")
+    if mode == "int":                                                # 18
+        b = lc["bits"]
+        r = np.arange(rows)[:, None]
+        c = np.arange(g["padded_cols"])[None, :]
+        raw = _fields(wb, (r * g["padded_cols"] + c) * b, b)
+        if raw[:, cols:].any():
+            _fail(where, "weights padding columns: expected zero, found "
+                  "non-zero bits")
+        raw = raw[:, :cols]
+        ints = (1 - 2 * raw) if b == 1 else signed(raw, b)
+        out["int_weights"] = ints.astype(np.int8)
+        W = ints.astype(np.int64)
+    else:                                                            # 19
+        code_at, coef_at = _slot_layout(g, lc)
+        codes_all = _fields(wb, code_at, g["code_bits"])
+        coefs_all = signed(_fields(wb, coef_at, coef_bits), coef_bits)
+        V = g["V"]
+        if codes_all[:, V:].any():
+            _fail(where, "codes padding vectors: expected zero, found non-zero")
+        if coef_bits and coefs_all[:, V:].any():
+            _fail(where, "coefs padding vectors: expected zero, found non-zero")
+        if mode == "ssvq":
+            signs_all = _fields(wb, _sign_layout(build, g), 1)
+            if signs_all[:, cols:].any():
+                _fail(where, "signs padding columns: expected zero, found "
+                      "non-zero")
+            out["signs"] = signs_all[:, :cols].astype(np.uint8)
+        out["codes"] = codes_all[:, :V].astype(np.int32)
+        if coef_bits:
+            out["coefs"] = coefs_all[:, :V].astype(np.int8)
+        W = weight_matrix(lc, cols, out["codebook"], out["codes"],
+                          out.get("coefs"), out.get("signs"))
+    out["weights"] = W
+    res = compute(W, out["act"], out["bias"], out["mult"], out["shift"])
+    out.update(res)
+    out["out_beats"] = output_beats(out["outputs"], bus)
+    assert len(out["out_beats"]) == g["out_beats"]
     return out
 
 
-def outputs(layer: Layer) -> np.ndarray:
-    acc = accumulate(layer)
-    return np.array(requantize(acc, layer.bias, layer.mult, layer.shift), dtype=np.int8)
+# ---------------------------------------------------------------------------
+# 7. compute rule
+
+def weight_matrix(lc, cols, codebook, codes, coefs=None, signs=None,
+                  int_weights=None):
+    """7.1: the integer weight matrix W (rows, cols) as int64."""
+    if lc["mode"] == "int":
+        return np.asarray(int_weights, dtype=np.int64)
+    k, d, m = lc["k"], lc["d"], lc["m"]
+    cb = np.asarray(codebook).astype(np.int64)    # vq signed, ssvq 0..255
+    codes = np.asarray(codes, dtype=np.int64)
+    rows, V, _ = codes.shape
+    a = (np.asarray(coefs, dtype=np.int64) if lc["coef_bits"] > 0
+         else np.ones(codes.shape, np.int64))
+    u = np.zeros((rows, V, d), np.int64)
+    for i in range(m):
+        u += a[:, :, i, None] * cb[i * k + codes[:, :, i]]
+    u = u.reshape(rows, V * d)[:, :cols]
+    if lc["mode"] == "ssvq":
+        u = np.where(np.asarray(signs) == 1, -u, u)
+    return u
 
 
-# --------------------------------------------------------------------------
-# Section 10: output stream
+def compute(W, act, bias, mult, shift):
+    """7.2, 7.3 with exact (Python) integers for the requantization."""
+    W = np.asarray(W, dtype=np.int64)
+    act = np.asarray(act, dtype=np.int64)
+    acc = W @ act                          # |acc| < 2^35: exact in int64
+    y = []
+    for r in range(W.shape[0]):
+        s = int(shift[r])
+        x = ((int(acc[r]) + int(bias[r])) * int(mult[r]) + (1 << (s - 1))) >> s
+        y.append(min(127, max(-128, x)))
+    return {"acc": acc, "outputs": np.array(y, dtype=np.int8)}
 
 
-def output_beats(y, bus: int) -> list[int]:
-    nb = bus // 8
-    y = [int(v) & 0xFF for v in y]
-    n = _ceil(len(y), nb)
-    return [int.from_bytes(bytes(y[i * nb:(i + 1) * nb]) + bytes(nb - len(y[i * nb:(i + 1) * nb])),
-                           "little") for i in range(n)]
+def output_beats(y, bus):
+    """7.4: output stream beats as non-negative integers."""
+    bw = bus // 8
+    n = ceil_div(len(y) * 8, bus)
+    raw = np.zeros(n * bw, np.uint8)
+    raw[:len(y)] = np.asarray(y, dtype=np.int8).view(np.uint8)
+    return [int.from_bytes(raw[i * bw:(i + 1) * bw].tobytes(), "little")
+            for i in range(n)]
 
 
-def outputs_from_beats(beats, rows: int, bus: int) -> np.ndarray:
-    data = b"".join(int(b).to_bytes(bus // 8, "little") for b in beats)
-    return np.frombuffer(data[:rows], dtype=np.int8).copy()
+# ---------------------------------------------------------------------------
+# 5. encoder (used to check the worked examples in both directions)
+
+def encode_stream(build_config, config, rows, cols, arrays):
+    """Pack logical arrays into stream bytes following section 5.
+
+    ``config``: a layer-config dict, name or a ``layer_config`` result.
+    ``arrays``: bias, mult, shift, act, and weights (int) or codebook, codes
+    (+coefs, +signs).  Only minimal checks: this is a test helper.
+    """
+    build = as_build(build_config)
+    if isinstance(config, str):
+        lc = lc_parse(config)
+    elif "bits" in config and "k" in config and "coef_bits" in config:
+        lc = config
+    else:
+        lc = lc_from_dict(config)
+    check_layer(build, lc, rows, cols)
+    g = geometry(build, lc, rows, cols)
+    bus = build["bus"]
+    bits = np.zeros(g["total"] * bus, np.uint8)
+
+    def off(name):
+        return g["sections"][name][0] * bus
+
+    hdr = header_record(lc, rows, cols)
+    bits[:HEADER_BITS] = [(hdr >> i) & 1 for i in range(HEADER_BITS)]
+    r0 = off("params") + np.arange(rows) * PARAM_BITS
+    _put(bits, r0, 32, arrays["bias"])
+    _put(bits, r0 + 32, 16, arrays["mult"])
+    _put(bits, r0 + 48, 6, arrays["shift"])
+    _put(bits, off("acts") + np.arange(cols) * 8, 8, arrays["act"])
+    wo = off("weights")
+    if lc["mode"] == "int":
+        b = lc["bits"]
+        w = np.asarray(arrays["weights"], dtype=np.int64)
+        f = (1 - w) // 2 if b == 1 else w
+        r = np.arange(rows)[:, None]
+        c = np.arange(cols)[None, :]
+        _put(bits, wo + (r * g["padded_cols"] + c) * b, b, f)
+    else:
+        d, k, m = lc["d"], lc["k"], lc["m"]
+        w = np.arange(m * k)[:, None]
+        e = np.arange(d)[None, :]
+        _put(bits, off("codebook") + (w * d + e) * 8, 8, arrays["codebook"])
+        code_at, coef_at = _slot_layout(g, lc)
+        V = g["V"]
+        _put(bits, wo + code_at[:, :V], g["code_bits"], arrays["codes"])
+        if lc["coef_bits"]:
+            _put(bits, wo + coef_at[:, :V], lc["coef_bits"], arrays["coefs"])
+        if lc["mode"] == "ssvq":
+            _put(bits, wo + _sign_layout(build, g)[:, :cols], 1, arrays["signs"])
+    return np.packbits(bits, bitorder="little").tobytes()
 
 
-# --------------------------------------------------------------------------
-# Sections 3 and 4: an image folder
+# ---------------------------------------------------------------------------
+# 9. file forms
+
+def beats_to_hex(data, bus):
+    bw = bus // 8
+    return "".join(data[i:i + bw][::-1].hex() + "\n"
+                   for i in range(0, len(data), bw)).encode("ascii")
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def hex_to_beats(raw, bus, where):
+    """9: parse ``stream.hex`` bytes into stream bytes."""
+    for i, byte in enumerate(raw):
+        if byte >= 0x80:
+            _fail(where, f"byte {i}: expected ASCII hex digits, found byte "
+                  f"0x{byte:02x}")
+    lines = raw.decode("ascii").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out = bytearray()
+    for n, line in enumerate(lines, 1):
+        if len(line) != bus // 4:
+            _fail(where, f"line {n} length: expected {bus // 4} hex digits, "
+                  f"found {len(line)}")
+        try:
+            b = bytes.fromhex(line)
+        except ValueError:
+            b = b""
+        if len(b) != bus // 8:
+            _fail(where, f"line {n}: expected hex digits, found '{line[:20]}'")
+        out += b[::-1]
+    return bytes(out)
 
 
-class Image:
-    """An image set opened following section 4's checks."""
-
-    def __init__(self, root):
-        self.root = os.fspath(root)
-        mpath = os.path.join(self.root, "manifest.json")
-        self.mpath = mpath
-        if not os.path.isfile(mpath):
-            _fail(mpath, "manifest", "a manifest", "no such file")
-        with open(mpath, "rb") as f:
-            raw = f.read()
-        m = json.loads(raw.decode("ascii"))
-        if not isinstance(m, dict) or m.get("format") != "ssvq-image":
-            _fail(mpath, "format", "ssvq-image", m.get("format") if isinstance(m, dict) else type(m))
-        if m.get("version") != 1:
-            _fail(mpath, "version", 1, m.get("version"))
-        self.cfg = Config.from_manifest(m.get("config", {}))
-        layers = m.get("layers")
-        if not isinstance(layers, list) or not layers:
-            _fail(mpath, "layers", "a non-empty array", layers)
-        for i, e in enumerate(layers):
-            for key, typ in (("name", str), ("mode", str), ("rows", int), ("cols", int),
-                             ("dir", str), ("beats", int), ("sections", dict), ("files", dict)):
-                if not isinstance(e.get(key), typ):
-                    _fail(mpath, f"layers[{i}].{key}", typ.__name__, e.get(key))
-            if e["mode"] not in MODE_IDS:
-                _fail(mpath, f"layers[{i}].mode", tuple(MODE_IDS), e["mode"])
-            parts = e["dir"].split("/")
-            if e["dir"].startswith("/") or ".." in parts:
-                _fail(mpath, f"layers[{i}].dir", "a relative path", e["dir"])
-            for fn in FILES:
-                if fn not in e["files"]:
-                    _fail(mpath, f"layers[{i}].files", fn, "missing")
-            if not 1 <= e["rows"] <= self.cfg.max_rows:
-                _fail(mpath, f"layers[{i}].rows", f"1..{self.cfg.max_rows}", e["rows"])
-            if not 1 <= e["cols"] <= self.cfg.max_cols:
-                _fail(mpath, f"layers[{i}].cols", f"1..{self.cfg.max_cols}", e["cols"])
-        self.manifest = m
-        self.layers = layers
-        self.names = [e["name"] for e in layers]
-
-    def entry(self, name):
-        for e in self.layers:
-            if e["name"] == name:
-                return e
-        raise KeyError(name)
-
-    def layer(self, name) -> Layer:
-        e = self.entry(name)
-        cfg = self.cfg
-        ldir = os.path.join(self.root, *e["dir"].split("/"))
-        contents = {}
-        for fn in FILES:                                           # check 1
-            p = os.path.join(ldir, fn)
-            if not os.path.isfile(p):
-                _fail(p, "file", "file listed in manifest", "nothing")
-            size = os.path.getsize(p)
-            if size != e["files"][fn]["bytes"]:
-                _fail(p, "bytes", e["files"][fn]["bytes"], size)
-            digest = _sha256(p)
-            if digest != e["files"][fn]["sha256"]:
-                _fail(p, "sha256", e["files"][fn]["sha256"], digest)
-            if fn != "arrays.npz":
-                with open(p, "rb") as f:
-                    contents[fn] = f.read()
-        data = contents["stream.bin"]
-        binpath = os.path.join(ldir, "stream.bin")
-        if len(data) % (cfg.bus // 8):                              # check 2
-            _fail(binpath, "size", f"multiple of {cfg.bus // 8}", len(data))
-        beats = beats_from_bin(data, cfg.bus, binpath)
-        hexbeats = beats_from_hex(contents["stream.hex"].decode("ascii"), cfg.bus,
-                                  os.path.join(ldir, "stream.hex"))
-        if hexbeats != beats:                                       # check 3
-            _fail(os.path.join(ldir, "stream.hex"), "contents",
-                  "the same beats as stream.bin", "different beats")
-        # the writer's exact hex bytes
-        if contents["stream.hex"] != beats_to_hex(beats, cfg.bus).encode("ascii"):
-            _fail(os.path.join(ldir, "stream.hex"), "bytes", "writer's canonical form", "other")
-        if len(beats) != e["beats"]:                                # check 4
-            _fail(ldir, "beats", e["beats"], len(beats))
-        g = geometry(cfg, e["mode"], e["rows"], e["cols"])
-        if e["sections"] != g.sections():                           # check 5
-            _fail(f"{self.mpath} layer {name}", "sections", g.sections(), e["sections"])
-        layer = decode_stream(data, cfg, binpath)                   # check 6
-        for key in ("mode", "rows", "cols"):                        # check 7
-            if getattr(layer, key) != e[key]:
-                _fail(f"{self.mpath} layer {name}", key, getattr(layer, key), e[key])
-        with np.load(os.path.join(ldir, "arrays.npz")) as z:
-            layer.extra = {k: z[k] for k in z.files}
-        return layer
-
-    def outputs(self, name) -> np.ndarray:
-        return outputs(self.layer(name))
+def manifest_digest(obj):
+    """8.3."""
+    body = {k: v for k, v in obj.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def layer_outputs(image_dir, name) -> np.ndarray:
-    """The int8 output vector of layer `name` of the image at `image_dir`."""
-    return Image(image_dir).outputs(name)
+# ---------------------------------------------------------------------------
+# 8. image folder
+
+LOGICAL_ORDER = ("bias", "mult", "shift", "act", "codebook", "codes", "coefs",
+                 "signs", "weights")
+
+
+def logical_arrays(layer):
+    """The logical arrays of a decoded layer (section 10's table)."""
+    lc = layer["config"]
+    names = ["bias", "mult", "shift", "act"]
+    if lc["mode"] == "int":
+        names.append("weights")
+    else:
+        names += ["codebook", "codes"]
+        if lc["coef_bits"] > 0:
+            names.append("coefs")
+        if lc["mode"] == "ssvq":
+            names.append("signs")
+    src = {n: layer[n] for n in names if n != "weights"}
+    if "weights" in names:
+        src["weights"] = layer["int_weights"]
+    return {n: src[n] for n in LOGICAL_ORDER if n in src}
+
+
+def read_manifest(root):
+    """8.4 checks; returns (manifest object, build)."""
+    m = os.path.join(root, "manifest.json")
+    if not os.path.isfile(m):                                        # 1
+        raise DocFormatError(f"{m}: expected a manifest, found no such file")
+    with open(m, "rb") as f:
+        raw = f.read()
+    try:                                                             # 2
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DocFormatError(f"{m}: expected UTF-8 JSON, found undecodable "
+                             f"byte at {e.start}") from None
+    try:                                                             # 3
+        man = json.loads(text)
+    except RecursionError:
+        raise DocFormatError(f"{m}: expected JSON of ordinary depth, found "
+                             f"nesting too deep to parse") from None
+    except ValueError as e:
+        raise DocFormatError(f"{m}: expected JSON, found a parse error ({e})") \
+            from None
+    if not isinstance(man, dict):                                    # 4
+        raise DocFormatError(f"{m}: format: expected ssvq-image, found "
+                             f"{type(man).__name__}")
+    if man.get("format") != "ssvq-image":
+        raise DocFormatError(f"{m}: format: expected ssvq-image, found "
+                             f"{man.get('format')!r}")
+    version = man.get("version")
+    if version == 1:                                                 # 5
+        raise DocFormatError(
+            f"{m}: version: expected 2, found 1 (a version 1 image set, which "
+            f"this accelerator no longer reads; recompress it with "
+            f"`ssvq compress`)")
+    if not (is_int(version) and version == 2):                       # 6
+        raise DocFormatError(f"{m}: version: expected 2, found {version!r}")
+    build = build_from_dict(man.get("config"), f"{m}: config")       # 7
+    layers = man.get("layers")                                       # 8
+    if not isinstance(layers, list):
+        raise DocFormatError(f"{m}: layers: expected a non-empty list, found "
+                             f"{type(layers).__name__}")
+    if not layers:
+        raise DocFormatError(f"{m}: layers: expected a non-empty list, found "
+                             f"an empty list")
+    types = (("name", str), ("config", dict), ("rows", int), ("cols", int),
+             ("dir", str), ("beats", int), ("sections", dict), ("files", dict))
+    for i, ent in enumerate(layers):                                 # 9
+        for key, t in types:                                         # 9.1
+            v = ent.get(key) if isinstance(ent, dict) else ent
+            if type(v) is not t:
+                raise DocFormatError(f"{m}: layers[{i}].{key}: expected "
+                                     f"{t.__name__}, found {repr(v)[:80]}")
+        lc = lc_from_dict(ent["config"], f"{m}: layers[{i}].config")  # 9.2
+        check_layer(build, lc, ent["rows"], ent["cols"],             # 9.3
+                    f"{m}: layers[{i}] ({ent['name']})")
+        parts = ent["dir"].replace("\\", "/").split("/")             # 9.4
+        if ".." in parts or os.path.isabs(ent["dir"]) or ent["dir"].startswith("/"):
+            raise DocFormatError(f"{m}: layers[{i}].dir: expected a relative "
+                                 f"path inside the image, found {ent['dir']}")
+        for fn in STREAM_FILES:                                      # 9.5
+            fe = ent["files"].get(fn)
+            if not (isinstance(fe, dict) and isinstance(fe.get("sha256"), str)
+                    and is_int(fe.get("bytes"))):
+                raise DocFormatError(f"{m}: layers[{i}].files.{fn}: expected "
+                                     f"{{sha256: str, bytes: int}}, found {fe}")
+        if set(ent["sections"]) != set(SECTIONS):                    # 9.6
+            raise DocFormatError(f"{m}: layers[{i}].sections: expected exactly "
+                                 f"{list(SECTIONS)}, found "
+                                 f"{sorted(ent['sections'])}")
+        for s in SECTIONS:                                           # 9.7
+            v = ent["sections"][s]
+            if not (isinstance(v, list) and len(v) == 2
+                    and all(is_int(x) for x in v)):
+                raise DocFormatError(f"{m}: layers[{i}].sections.{s}: expected "
+                                     f"[first_beat, count], found {v}")
+    names = [e["name"] for e in layers]                              # 10
+    dups = sorted({x for x in names if names.count(x) > 1})
+    if dups:
+        raise DocFormatError(f"{m}: layers[].name: expected unique names, "
+                             f"found duplicates {dups}")
+    return man, build
+
+
+def decode_layer(root, man, build, ent):
+    """8.5 checks 1-10 for one manifest entry, then decode and compute."""
+    m = os.path.join(root, "manifest.json")
+    name = ent["name"]
+    d = os.path.join(root, ent["dir"])
+    contents = {}
+    for fn in STREAM_FILES:                                          # 1
+        p = os.path.join(d, fn)
+        if not os.path.isfile(p):
+            _fail(p, "expected file listed in manifest, found nothing")
+        with open(p, "rb") as f:
+            data = f.read()
+        if len(data) != ent["files"][fn]["bytes"]:
+            _fail(p, f"size in bytes: expected {ent['files'][fn]['bytes']}, "
+                  f"found {len(data)}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != ent["files"][fn]["sha256"]:
+            _fail(p, f"sha256: expected {ent['files'][fn]['sha256']}, "
+                  f"found {digest}")
+        contents[fn] = data
+    bus = build["bus"]
+    binp = os.path.join(d, "stream.bin")
+    data = contents["stream.bin"]
+    if len(data) % (bus // 8):                                       # 2
+        _fail(binp, f"size: expected a multiple of {bus // 8}, found {len(data)}")
+    hexp = os.path.join(d, "stream.hex")
+    if hex_to_beats(contents["stream.hex"], bus, hexp) != data:      # 3
+        _fail(hexp, "contents: expected the same beats as stream.bin, found "
+              "different beats")
+    n = len(data) // (bus // 8)
+    if n != ent["beats"]:                                            # 4
+        _fail(d, f"beats: expected {ent['beats']}, found {n}")
+    lc_entry = lc_from_dict(ent["config"])
+    computed = geometry(build, lc_entry, ent["rows"], ent["cols"])["sections"]
+    given = {s: tuple(ent["sections"][s]) for s in SECTIONS}
+    if computed != given:                                            # 5
+        raise DocFormatError(f"{m} layer {name}: sections: expected "
+                             f"{computed}, found {given}")
+    layer = decode_stream(data, build, binp)                         # 6
+    if layer["config"] != lc_to_dict(lc_entry):                      # 7
+        raise DocFormatError(f"{m} layer {name}: config: expected "
+                             f"{layer['config']} (from the stream header), "
+                             f"found {ent['config']}")
+    for key in ("rows", "cols"):                                     # 8
+        if layer[key] != ent[key]:
+            raise DocFormatError(f"{m} layer {name}: {key}: expected "
+                                 f"{layer[key]} (from the stream header), "
+                                 f"found {ent[key]}")
+    digest = manifest_digest(man)                                    # 9
+    if man.get("manifest_sha256") != digest:
+        raise DocFormatError(
+            f"{m}: manifest_sha256 (the manifest was edited after writing): "
+            f"expected {man.get('manifest_sha256')}, found {digest}")
+    npz = os.path.join(d, "arrays.npz")                              # 10
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            stored = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any failure to read is refused
+        _fail(npz, f"expected a NumPy .npz of plain arrays, found "
+              f"{type(e).__name__}: {str(e)[:120]}")
+    logical = logical_arrays(layer)
+    if not set(logical) <= set(stored):
+        _fail(npz, f"arrays: expected {sorted(logical)}, found {sorted(stored)}")
+    for key, val in logical.items():
+        s = stored[key]
+        if not (np.issubdtype(s.dtype, np.integer) and s.shape == val.shape
+                and np.array_equal(s.astype(np.int64), val.astype(np.int64))):
+            _fail(npz, f"{key}: expected the stream's values ({val.shape}), "
+                  f"found {s.dtype} {s.shape}, different values")
+    scales = {}
+    for key, s in stored.items():
+        if key in logical:
+            continue
+        if not (key.startswith("scale_") and np.issubdtype(s.dtype, np.floating)):
+            _fail(npz, f"{key}: expected a scale_* float array, found {s.dtype} "
+                  f"array '{key}'")
+        scales[key[len("scale_"):]] = s
+    layer["scales"] = scales
+    layer["name"] = name
+    layer["dir"] = ent["dir"]
+    layer["stream"] = data
+    return layer
+
+
+def decode_image_set(path):
+    """Read an image folder with every check of 8.4 and 8.5; decode every
+    layer and compute its outputs.  Returns a list of dicts in manifest
+    order."""
+    root = os.fspath(path)
+    man, build = read_manifest(root)
+    out = []
+    for ent in man["layers"]:
+        layer = decode_layer(root, man, build, ent)
+        layer["build"] = build_to_dict(build)
+        out.append(layer)
+    return out
