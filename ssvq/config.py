@@ -263,13 +263,14 @@ class AccelConfig:
             p.append(f"kmax: expected 2..4096, found {self.kmax}")
         if _pow2(self.bus) and self.bus < 64:
             p.append(f"bus: expected at least 64 bits, found {self.bus}")
-        if not (isinstance(self.modes, tuple) and self.modes and set(self.modes) <= set(MODES)
-                and len(set(self.modes)) == len(self.modes)):
+        modes_ok = (isinstance(self.modes, tuple) and self.modes
+                    and set(self.modes) <= set(MODES) and len(set(self.modes)) == len(self.modes))
+        if not modes_ok:
             p.append(f"modes: expected distinct names from {MODES}, found {self.modes!r}")
         if not (isinstance(self.int_bits, tuple) and set(self.int_bits) <= set(INT_BITS)
                 and len(set(self.int_bits)) == len(self.int_bits)):
             p.append(f"int_bits: expected distinct widths from {INT_BITS}, found {self.int_bits!r}")
-        elif "int" in self.modes and not self.int_bits:
+        elif modes_ok and "int" in self.modes and not self.int_bits:
             p.append("int_bits: expected at least one width when the int mode is built")
         if not (isinstance(self.d_set, tuple) and self.d_set
                 and all(_pow2(d) and d <= 64 for d in self.d_set)

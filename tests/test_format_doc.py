@@ -629,9 +629,6 @@ def test_good_builds_match_implementation(fields):
     AccelConfig(**fields)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="FINDING: AccelConfig(modes=None or 5) raises TypeError, "
-                          "not the ConfigError of rule 2.2 (d)")
 @pytest.mark.parametrize("modes", [None, 5])
 def test_modes_not_iterable(modes):
     from ssvq.config import AccelConfig
