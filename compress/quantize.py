@@ -280,18 +280,21 @@ def _best_code(r: np.ndarray, cb: np.ndarray, g: float, lo: int, hi: int,
     coefficient). Returns (codes, coefs, the chosen contribution g*a*cb[j])."""
     cb = np.asarray(cb, np.float64)
     nn = (cb * cb).sum(axis=1)                                    # (k,)
+    inv = np.where(nn > 0, 1.0 / (g * np.where(nn > 0, nn, 1.0)), 0.0).astype(np.float32)
+    gnn = (g * g * nn).astype(np.float32)
+    cb32 = cb.astype(np.float32)
     codes = np.empty(len(r), np.int64)
     coefs = np.empty(len(r), np.int64)
     for i in range(0, len(r), chunk):
-        x = r[i:i + chunk]
-        dot = x @ cb.T                                            # (n, k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = np.where(nn > 0, dot / (g * nn), 0.0)
-        a = np.clip(np.rint(a), lo, hi)
-        err = -2.0 * g * a * dot + (g * a) ** 2 * nn              # minus ||x||^2
+        dot = np.asarray(r[i:i + chunk], np.float32) @ cb32.T     # (n, k)
+        a = np.rint(dot * inv)
+        np.clip(a, lo, hi, out=a)
+        err = a * gnn                                             # a * (g^2 a nn - 2 g dot):
+        err *= a                                                  # the error minus ||x||^2
+        err -= np.float32(2.0 * g) * a * dot
         j = err.argmin(axis=1)
         codes[i:i + chunk] = j
-        coefs[i:i + chunk] = a[np.arange(len(x)), j]
+        coefs[i:i + chunk] = a[np.arange(len(j)), j]
     return codes, coefs, g * coefs[:, None] * cb[codes]
 
 
@@ -387,13 +390,15 @@ def _additive_coefs(t: np.ndarray, lc: LayerConfig, signed: bool, seed: int):
     r = t.copy()
     for i in range(m):
         s = _shape_codebook(r, k, signed, seed + i)
+        r32 = r.astype(np.float32)
         for it in range(GAIN_SHAPE_ITERS + 1):
             nn = (s * s).sum(axis=1)
-            dot = r @ s.T
-            with np.errstate(divide="ignore", invalid="ignore"):
-                fit = np.where(nn > 0, dot * dot / nn, -np.inf)
+            inv = np.where(nn > 0, 1.0 / np.where(nn > 0, nn, 1.0), 0.0).astype(np.float32)
+            fit = r32 @ s.astype(np.float32).T              # (n, k): dot, then dot^2 / nn
+            np.square(fit, out=fit)
+            fit *= inv
             j = fit.argmax(axis=1)
-            gam = np.where(nn[j] > 0, dot[np.arange(len(r)), j] / np.where(nn[j] > 0, nn[j], 1), 0)
+            gam = (r * s[j]).sum(axis=1) * inv[j]           # least-squares gain, float64
             if it == GAIN_SHAPE_ITERS:
                 break
             # Lloyd step of gain-shape VQ: each shape the least-squares fit of its vectors
@@ -463,6 +468,8 @@ def _quant_additive(w: np.ndarray, lc: LayerConfig, seed: int):
 
 # ------------------------------------------------------------------ layers
 def _check_layer(name: str, w, bias, config: LayerConfig):
+    if isinstance(config, str):
+        config = LayerConfig.parse(config, f"layer {name}")
     if not isinstance(config, LayerConfig):
         raise ConfigError(f"layer {name}: expected a LayerConfig, found {config!r}")
     w = np.asarray(w, np.float32)
@@ -474,13 +481,13 @@ def _check_layer(name: str, w, bias, config: LayerConfig):
         bias = np.asarray(bias, np.float32).reshape(-1)
         if bias.shape != (w.shape[0],):
             raise ValueError(f"layer {name}: bias expected ({w.shape[0]},), found {bias.shape}")
-    return w, bias
+    return w, bias, config
 
 
 def quantize_weights(w: np.ndarray, config: LayerConfig, seed: int = 0, name: str = "layer"):
     """The weight side only: (fields, row_scale float64 (rows,), cb_scale) for
     `config` (see the module docstring). Quantization-aware training starts here."""
-    w, _ = _check_layer(name, w, None, config)
+    w, _, config = _check_layer(name, w, None, config)
     if config.mode == "int":
         fields, rs, cs = _quant_int(w, config.bits)
         return fields, rs, cs
@@ -523,9 +530,9 @@ def _refit_coefs(w: np.ndarray, fields: dict, lc: LayerConfig, unit: np.ndarray)
 
 def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: np.ndarray,
                    config: LayerConfig, seed: int = 0) -> LayerImage:
-    """Compresses one layer (w: rows = out x cols = in) into `config` with real
-    calibration inputs calib_x (n, cols)."""
-    w, bias = _check_layer(name, w, bias, config)
+    """Compresses one layer (w: rows = out x cols = in) into `config` (a LayerConfig
+    or its name, e.g. "ssvq-k256-d8") with real calibration inputs calib_x (n, cols)."""
+    w, bias, config = _check_layer(name, w, bias, config)
     cols = w.shape[1]
     x = np.asarray(calib_x, np.float32)
     if x.ndim == 1:
