@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ssvq.config import COEF_BITS_MAX, INT_BITS, M_MAX, LayerConfig
 from ssvq.errors import ConfigError
+from ssvq.files import load_json
 
 INT_METHODS = tuple(f"int{b}" for b in INT_BITS)
 METHODS = ("ssvq", "vq", "additive") + INT_METHODS
@@ -200,17 +201,7 @@ class CompressionPlan:
     @classmethod
     def from_file(cls, path: str | Path) -> "CompressionPlan":
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{path}: expected a plan JSON file, found "
-                              f"{'a directory' if path.is_dir() else 'no such file'}")
-        try:
-            d = json.loads(path.read_bytes().decode("utf-8-sig"))
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: expected UTF-8 JSON, found an undecodable byte at "
-                              f"{e.start}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: expected JSON, found a parse error at line {e.lineno} "
-                              f"column {e.colno}: {e.msg}") from None
+        d = load_json(path, ConfigError, "a plan JSON file")
         return cls.from_dict(d, str(path))
 
     @classmethod

@@ -41,7 +41,7 @@ class Phase(enum.Enum, shape=3):
     DRAIN = 6
 
 
-def ceil_shift(value, k: int, width: int):
+def ceil_shift(value, k: int):
     """ceil(value / 2**k) for an unsigned value."""
     if k == 0:
         return value
@@ -100,14 +100,13 @@ class SectionLoader(wiring.Component):
         total_groups = Signal(32)
         wbits = Signal(48)
         w_beats = Signal(48)
-        m.d.comb += w_beats.eq(ceil_shift(wbits, lb, 48))
+        m.d.comb += w_beats.eq(ceil_shift(wbits, lb))
         groups = self.groups
         dcnt = Signal(range(self.DECODE_CYCLES))
 
         # ---- input side
         in_phase = Signal(InPhase)
         in_left = Signal(48, init=hb)
-        busy = Signal()
         phase = Signal(Phase)
         decode_done = Signal()
         m.d.comb += decode_done.eq((phase == Phase.DECODE) & (dcnt == self.DECODE_CYCLES - 1))
@@ -140,8 +139,6 @@ class SectionLoader(wiring.Component):
             with m.Case(InPhase.DONE):
                 with m.If(self.layer_done):
                     m.d.sync += [in_phase.eq(InPhase.HEADER), in_left.eq(hb)]
-        # after reset the input side waits for a header
-        m.d.sync += busy.eq(Mux(self.started, 1, Mux(self.layer_done, 0, busy)))
 
         # ---- consumer: which record it wants, and taking it
         width = Signal(range(cfg.max_record_bits + 1))
@@ -188,18 +185,18 @@ class SectionLoader(wiring.Component):
                         slots = ((hdr.code_bits + hdr.coef_bits)
                                  << (lm - hdr.log2_d + hdr.m - 1).as_unsigned()[:6])
                         m.d.sync += [
-                            groups.eq(ceil_shift(hdr.cols, lm, 16)),
+                            groups.eq(ceil_shift(hdr.cols, lm)),
                             cw_bits.eq(CW_BITS << hdr.log2_d),
                             cb_records.eq(Mux(is_int, 0, hdr.m << code_bits)),
                             cb_beats.eq(Mux(e >= lb, Const(1, 1) << (e - lb).as_unsigned()[:6], 1)),
-                            prm_beats.eq(ceil_shift(hdr.rows << log2(PARAM_BITS), lb, 32)),
+                            prm_beats.eq(ceil_shift(hdr.rows << log2(PARAM_BITS), lb)),
                             grp_bits.eq(Mux(is_int, hdr.bits << lm,
                                             slots + Mux(is_ssvq, cfg.mults, 0))),
                         ]
                     with m.Case(1):
                         m.d.sync += [total_groups.eq(hdr.rows * groups),
                                      act_beats.eq(ceil_shift(groups << (lm + log2(ACT_BITS)),
-                                                             lb, 32))]
+                                                             lb))]
                     with m.Default():
                         m.d.sync += wbits.eq(total_groups * grp_bits)
                         with m.If(is_int):

@@ -1,4 +1,4 @@
-"""Golden model of the accelerator: what it outputs (ssvq.reference) and when.
+"""Golden model of the accelerator's timing (its values are ssvq.reference).
 
 `timing` is a cycle model of the loader's two state machines and the gearbox
 (hw/loader.py, hw/gearbox.py; docs/ARCH.md says the same in prose) with no stalls
@@ -17,7 +17,6 @@ from hw.accel import PIPELINE_DEPTH
 from hw.loader import SectionLoader
 from ssvq.config import (ACT_BITS, COUNTERS, HEADER_BITS, PARAM_BITS, AccelConfig,
                          LayerConfig)
-from ssvq.reference import output_beats, outputs  # noqa: F401 (the golden values)
 
 DECODE_CYCLES = SectionLoader.DECODE_CYCLES
 

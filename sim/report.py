@@ -28,6 +28,7 @@ from pathlib import Path
 from sim import golden
 from sim.cost import BASELINES, STREAMS, WEIGHT_FIELDS, compare
 from ssvq.config import COUNTERS, ROW_SCALE_BITS
+from ssvq.files import load_json
 from ssvq.errors import ConfigError, ImageError, UserError
 from ssvq.files import atomic_dir
 from ssvq.image import read_images
@@ -74,16 +75,7 @@ def read_result(path) -> dict:
     (passed false with a non-empty error) may have null or no cycles and counters.
     """
     path = Path(path)
-    try:
-        r = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: expected UTF-8 JSON, found an undecodable byte at "
-                        f"{e.start}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: expected a JSON sim result, found a parse error "
-                        f"({e})") from None
-    except OSError as e:
-        raise UserError(f"{path}: expected a readable sim result, found {e.strerror}") from None
+    r = load_json(path, UserError, "a sim result")
     if not isinstance(r, dict):
         raise UserError(f"{path}: expected a JSON object (a sim result), found "
                         f"{_type_name(r)}")

@@ -291,8 +291,9 @@ def prepare_images(image_dir, layer_names=None, progress=None, build_cfg=None):
     the file and field), checks that the build (`build_cfg`, default the images'
     own) runs it (ConfigError otherwise), and computes its golden outputs and
     timing. Returns (ImageSet, build config, [(entry, LayerImage, beats, y, Timing)])."""
-    from sim.golden import outputs, timing
+    from sim.golden import timing
     from ssvq.image import read_images
+    from ssvq.reference import outputs
 
     imgs = read_images(image_dir)
     cfg = build_cfg or imgs.config

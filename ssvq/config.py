@@ -215,9 +215,11 @@ class Geometry:
     padded_cols: int       # G * mults
     vectors: int           # V = ceil(cols / d) stored vectors per row (vq/ssvq)
     group_bits: int        # bits of one weight-group record
-    code_field_bits: int   # per group: codes, coefficients, signs (vq/ssvq); int: weights
+    # bits per group record of each kind of field (totals, not positions: a vq/ssvq record
+    # is the signs, then L*m (code, coefficient) slots); int: code_field_bits = the weights
+    code_field_bits: int
     coef_field_bits: int
-    sign_field_bits: int   # ssvq: the signs come first in a group record, then the slots
+    sign_field_bits: int
     codewords: int         # m * k
     codeword_bits: int     # d * 8
     records: dict          # section -> records
@@ -293,9 +295,10 @@ class AccelConfig:
                               f"{self.weight_bits}-bit weights needs a {self.acc_needed}-bit "
                               f"accumulator, have {ACC_BITS}")
         if self.max_record_bits > 1024:
-            raise ConfigError(f"accelerator config: the widest weight group is "
-                              f"{self.max_record_bits} bits, more than 1024 (fewer lanes: "
-                              f"raise the smallest d or lower mults, m_max or kmax)")
+            raise ConfigError(f"accelerator config: the widest record (header, codeword, "
+                              f"activation word or weight group) is {self.max_record_bits} "
+                              f"bits, more than 1024 (lower mults, m_max or kmax, or raise "
+                              f"the smallest d)")
 
     # ---- derived, build-wide ---------------------------------------------
     @property

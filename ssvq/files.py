@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -36,3 +37,24 @@ def atomic_dir(out_dir: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def load_json(path: str | os.PathLike, error: type[Exception], what: str = "a JSON file"):
+    """Parses a JSON file (a UTF-8 byte-order mark is accepted); every way it can
+    fail is one `error` line naming the file: missing, unreadable, not UTF-8,
+    not JSON, nested too deep to parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: expected {what}, found "
+                    f"{'a directory' if path.is_dir() else 'no such file'}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as e:
+        raise error(f"{path}: expected {what}, found an unreadable file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: expected UTF-8 JSON, found undecodable byte at {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: expected JSON, found a parse error ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: expected JSON of ordinary depth, found nesting too deep "
+                    f"to parse") from None

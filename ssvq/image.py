@@ -28,7 +28,7 @@ from ssvq.config import (HEADER_BITS, HEADER_FIELDS, HEADER_MAGIC, HEADER_MAGIC_
                          PARAM_BITS, PARAM_FIELDS, SECTIONS, AccelConfig, Field, LayerConfig,
                          header_values, layer_config_of_header)
 from ssvq.errors import ConfigError, ImageError
-from ssvq.files import atomic_dir
+from ssvq.files import atomic_dir, load_json
 
 FORMAT_NAME = "ssvq-image"
 FORMAT_VERSION = 2
@@ -535,25 +535,10 @@ class ImageSet:
         return scales
 
 
-def _load_json(path: Path) -> object:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")    # a UTF-8 byte-order mark is accepted
-        return json.loads(text)
-    except UnicodeDecodeError as e:
-        raise ImageError(f"{path}: expected UTF-8 JSON, found undecodable byte at {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise ImageError(f"{path}: expected JSON, found a parse error ({e})") from None
-    except RecursionError:
-        raise ImageError(f"{path}: expected JSON of ordinary depth, found nesting too deep "
-                         f"to parse") from None
-
-
 def read_images(root: str | os.PathLike) -> ImageSet:
     root = Path(root)
     mpath = root / "manifest.json"
-    if not mpath.is_file():
-        raise ImageError(f"{mpath}: expected a manifest, found no such file")
-    m = _load_json(mpath)
+    m = load_json(mpath, ImageError, "a manifest")
     where = str(mpath)
     _expect(isinstance(m, dict) and m.get("format") == FORMAT_NAME, where, "format",
             FORMAT_NAME, repr(m.get("format")) if isinstance(m, dict) else type(m).__name__)

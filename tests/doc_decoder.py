@@ -220,9 +220,9 @@ def make_build(fields=None, **kw):
             f"accumulator, have {ACC_BITS}")
     if der["max_record_bits"] > MAX_RECORD_BITS:                   # (k)
         raise DocFormatError(
-            f"accelerator config: the widest weight group is "
-            f"{der['max_record_bits']} bits, more than {MAX_RECORD_BITS} "
-            f"(fewer lanes: raise the smallest d or lower mults, m_max or kmax)")
+            f"accelerator config: the widest record (header, codeword, activation word or "
+            f"weight group) is {der['max_record_bits']} bits, more than {MAX_RECORD_BITS} "
+            f"(lower mults, m_max or kmax, or raise the smallest d)")
     out = {k: b[k] for k in BUILD_FIELDS}
     out["derived"] = der
     return out

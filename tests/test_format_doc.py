@@ -672,11 +672,13 @@ def test_build_messages_quoted():
     cases = [
         ({"kmax": 12, "bus": 32}, "accelerator config: kmax: expected a power of two, "
          "found 12; bus: expected at least 64 bits, found 32"),
-        ({"mults": 256}, "accelerator config: the widest weight group is 2048 bits, "
-         "more than 1024 (fewer lanes: raise the smallest d or lower mults, m_max or kmax)"),
+        ({"mults": 256}, "accelerator config: the widest record (header, codeword, activation word or "
+         "weight group) is 2048 bits, more than 1024 (lower mults, m_max or kmax, or raise "
+         "the smallest d)"),
         ({"modes": ["vq"], "d_set": [64], "mults": 256, "kmax": 2},
-         "accelerator config: the widest weight group is 2048 bits, more than 1024 "
-         "(fewer lanes: raise the smallest d or lower mults, m_max or kmax)"),
+         "accelerator config: the widest record (header, codeword, activation word or "
+         "weight group) is 2048 bits, more than 1024 (lower mults, m_max or kmax, or raise "
+         "the smallest d)"),
     ]
     for fields, msg in cases:
         with pytest.raises(D.DocFormatError, match=re.escape(msg)):

@@ -152,7 +152,7 @@ def test_shorthand_over_a_config_file(tmp_path):
 def test_config_file_errors(tmp_path):
     f = tmp_path / "p.json"
     f.write_text("{\n  \"global\": {,\n}")
-    with pytest.raises(ConfigError, match=r"p.json: expected JSON, found a parse error at line 2"):
+    with pytest.raises(ConfigError, match=r"p.json: expected JSON, found a parse error \(.*line 2"):
         CompressionPlan.from_file(f)
     with pytest.raises(ConfigError, match="no such file"):
         CompressionPlan.from_file(tmp_path / "nope.json")

@@ -249,7 +249,8 @@ def test_unknown_layer_rejected(tmp_path):
 
 # ------------------------------------------------ harness pieces, no simulator
 def test_scoreboard_flags_every_kind_of_error():
-    from sim.golden import output_beats, timing
+    from sim.golden import timing
+    from ssvq.reference import output_beats
     from sim.tb.scoreboard import Scoreboard
 
     cfg = CONFIGS["default"]

@@ -10,18 +10,12 @@ from pathlib import Path
 
 from ssvq.config import AccelConfig
 from ssvq.errors import SimError, UserError
+from ssvq.files import load_json
 
 
 def load_build_config(path: str) -> AccelConfig:
     """An accelerator build config JSON (missing fields take the defaults)."""
-    try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8-sig"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: expected a config JSON file, found no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: expected a readable UTF-8 JSON file ({e})") from None
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise UserError(f"{path}: expected JSON, found a parse error ({e})") from None
+    data = load_json(path, UserError, "a config JSON file")
     return AccelConfig.from_dict(data, path, partial=True)
 
 
