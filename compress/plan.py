@@ -23,7 +23,10 @@ Resolution of a layer (name, rows, cols), later steps overriding earlier ones ke
 
 A spec is an object of: method (ssvq, vq, additive, int1..int6, int8), k, d (vq, ssvq,
 additive), m, coef_bits, signs (additive only; signs true = ssvq-style non-negative
-magnitudes with a sign bit per weight), or a layer-config name string ("int4",
+magnitudes with a sign bit per weight), rank (any method; 0 = none: r >= 1 makes the
+layer a low-rank pair W ~ A.B, B = r x cols and A = rows x r, each compressed with
+the method and run as a chain, A on B's int8 outputs; r must leave fewer weights than
+the layer, r*(rows+cols) < rows*cols), or a layer-config name string ("int4",
 "vq-k256-d4", "ssvq-k256-d8", "vq-k16-d8-m2-c4"). A key the spec's own method does
 not use is an error; keys inherited from an earlier step that the final method does
 not use are ignored. Unknown keys are ConfigErrors naming the key path.
@@ -44,10 +47,11 @@ from ssvq.files import load_json
 
 INT_METHODS = tuple(f"int{b}" for b in INT_BITS)
 METHODS = ("ssvq", "vq", "additive") + INT_METHODS
-SPEC_KEYS = ("method", "k", "d", "m", "coef_bits", "signs")
+SPEC_KEYS = ("method", "k", "d", "m", "coef_bits", "signs", "rank")
 SMALL_KEYS = SPEC_KEYS + ("max_weights", "codebook_rule")
 TOP_KEYS = ("global", "layers", "small_layers")
-DEFAULTS = {"method": "ssvq", "k": 256, "d": 8, "m": 2, "coef_bits": 4, "signs": False}
+DEFAULTS = {"method": "ssvq", "k": 256, "d": 8, "m": 2, "coef_bits": 4, "signs": False,
+            "rank": 0}
 SMALL_DEFAULTS = {"max_weights": 0, "codebook_rule": True, "method": "int8"}
 FLAGS = {"method": "--method", "k": "--k", "d": "--d", "m": "--m", "coef_bits": "--coef-bits"}
 
@@ -110,6 +114,8 @@ def _check_value(key: str, v, where: str):
         raise ConfigError(f"{p}: expected 1..{M_MAX}, found {v}")
     elif key == "coef_bits" and not 0 <= v <= COEF_BITS_MAX:
         raise ConfigError(f"{p}: expected 0..{COEF_BITS_MAX}, found {v}")
+    elif key == "rank" and v < 0:
+        raise ConfigError(f"{p}: expected 0 (no factorization) or a rank >= 1, found {v}")
     elif key == "max_weights" and v < 0:
         raise ConfigError(f"{p}: expected a non-negative integer, found {v}")
 
@@ -131,7 +137,7 @@ def check_spec(spec, where: str, keys: tuple = SPEC_KEYS) -> dict:
     for key, v in spec.items():
         _check_value(key, v, where)
     if "method" in spec:
-        unused = [k for k in spec if k in SPEC_KEYS and k != "method"
+        unused = [k for k in spec if k in SPEC_KEYS and k not in ("method", "rank")
                   and k not in uses(spec["method"])]
         if unused:
             raise ConfigError(f"{where}.{unused[0]}: not used by method {spec['method']!r} "
@@ -150,12 +156,20 @@ class Resolved:
     spec: dict            # the merged spec (DEFAULTS included) the config came from
 
     @property
+    def rank(self) -> int:
+        """0, or the rank r of a low-rank layer W ~ A.B (B: r x cols, A: rows x r), each
+        factor compressed with `config` and run as a chain (B, then A on B's outputs)."""
+        return self.spec.get("rank", 0)
+
+    @property
     def rule(self) -> str:
         """The last rule that applied ("defaults" if none)."""
         return self.rules[-1] if self.rules else "defaults"
 
     def to_meta(self) -> dict:
         s = {k: self.spec[k] for k in ("method",) + uses(self.spec["method"])}
+        if self.rank:
+            s["rank"] = self.rank
         return {"config": self.config.name, "spec": s, "rule": self.rule,
                 "rules": list(self.rules)}
 
@@ -258,6 +272,10 @@ class CompressionPlan:
                 rules.append(_quote(pattern))
         where = f"layer {name}: {rules[-1] if rules else 'defaults'}"
         lc = config_of_spec(spec, where)
+        if spec["rank"] and spec["rank"] * (rows + cols) >= rows * cols:
+            raise ConfigError(f"{where}.rank: expected a rank below rows*cols/(rows+cols) = "
+                              f"{rows * cols / (rows + cols):.1f} for {rows} x {cols} (fewer "
+                              f"weights than the layer), found {spec['rank']}")
         small = dict(SMALL_DEFAULTS, **self.small_layers)
         n = rows * cols
         codebook_values = lc.m * lc.k * lc.d if lc.mode != "int" else 0

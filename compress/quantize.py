@@ -529,9 +529,13 @@ def _refit_coefs(w: np.ndarray, fields: dict, lc: LayerConfig, unit: np.ndarray)
 
 
 def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: np.ndarray,
-                   config: LayerConfig, seed: int = 0) -> LayerImage:
+                   config: LayerConfig, seed: int = 0, source: LayerImage | None = None
+                   ) -> LayerImage:
     """Compresses one layer (w: rows = out x cols = in) into `config` (a LayerConfig
-    or its name, e.g. "ssvq-k256-d8") with real calibration inputs calib_x (n, cols)."""
+    or its name, e.g. "ssvq-k256-d8") with real calibration inputs calib_x (n, cols).
+    With `source` (an earlier layer image) the layer is chained behind it: its input
+    scale is the source's output scale and its activation vector the source's int8
+    outputs, so the two run back to back on the accelerator (`input_from`)."""
     w, bias, config = _check_layer(name, w, bias, config)
     cols = w.shape[1]
     x = np.asarray(calib_x, np.float32)
@@ -540,11 +544,12 @@ def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: n
     if x.ndim != 2 or x.shape[1] != cols or len(x) == 0:
         raise ValueError(f"layer {name}: calibration expected (n, {cols}), found {x.shape}")
     fields, row_scale, cb_scale = quantize_weights(w, config, seed, name)
-    return image_from_fields(name, config, fields, row_scale, cb_scale, bias, x)
+    return image_from_fields(name, config, fields, row_scale, cb_scale, bias, x, source)
 
 
 def image_from_fields(name: str, config: LayerConfig, fields: dict, row_scale, cb_scale: float,
-                      bias: np.ndarray | None, calib_x: np.ndarray) -> LayerImage:
+                      bias: np.ndarray | None, calib_x: np.ndarray,
+                      source: LayerImage | None = None) -> LayerImage:
     """A LayerImage from integer weight fields (codebook/codes/coefs/signs or weights)
     and their scales, with the requantization derived from calibration inputs
     (module docstring). Post-training and trained compressors share it."""
@@ -553,11 +558,16 @@ def image_from_fields(name: str, config: LayerConfig, fields: dict, row_scale, c
         x = x[None]
     rows, cols = len(row_scale), x.shape[1]
     row_scale = np.asarray(row_scale, np.float64)
-    amax = float(np.percentile(np.abs(x), CLIP_PERCENTILE))
-    act_scale = amax / 127.0 if amax > 0 else 1.0
-    typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
+    if source is None:
+        amax = float(np.percentile(np.abs(x), CLIP_PERCENTILE))
+        act_scale = amax / 127.0 if amax > 0 else 1.0
+        typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
+        act = quantize_act(x[typical], act_scale)
+    else:       # the int8 values the source layer hands over, at its output scale
+        act_scale, act = float(source.scales["out_scale"]), outputs(source)
     img = LayerImage(name=name, config=config, rows=rows, cols=cols, bias=None, mult=None,
-                     shift=None, act=quantize_act(x[typical], act_scale), **fields)
+                     shift=None, act=act, **fields,
+                     input_from=None if source is None else source.name)
     img.scales = {"row_scale": row_scale, "cb_scale": float(cb_scale),
                   "act_scale": float(act_scale)}
     # output scale from the compressed layer's own output on the calibration set

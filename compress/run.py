@@ -21,7 +21,8 @@ import numpy as np
 from compress.calib import Calibration, load_calibration
 from compress.models import LoadedModel, load_model
 from compress.plan import CompressionPlan, Resolved
-from compress.quantize import layer_bits, quantize_layer, relative_error, stream_base
+from compress.quantize import (dequantize, float_outputs, layer_bits, quantize_layer,
+                               relative_error, stream_base)
 from ssvq.config import AccelConfig, LayerConfig
 from ssvq.errors import ConfigError, UserError
 from ssvq.image import FORMAT_NAME, LayerImage, write_images
@@ -114,6 +115,31 @@ def model_calibration(model: LoadedModel, chosen, calib=None) -> Calibration:
                        model.calibration_description or model.calibration_source)
 
 
+def factor_shapes(name: str, rows: int, cols: int, rank: int) -> list[tuple[str, int, int]]:
+    """The image layers a model layer becomes: itself, or its low-rank pair B then A."""
+    if not rank:
+        return [(name, rows, cols)]
+    return [(f"{name}#B", rank, cols), (f"{name}#A", rows, rank)]
+
+
+def low_rank_pair(name: str, w: np.ndarray, bias, calib_x: np.ndarray, lc: LayerConfig,
+                  rank: int, seed: int = 0) -> tuple[list[LayerImage], float]:
+    """W ~ A.B from the truncated SVD (B = sqrt(S_r) V_r^T, A = U_r sqrt(S_r)), each factor
+    compressed with `lc`; A is calibrated on B's dequantized integer outputs and chained
+    behind B (input_from). Returns ([B, A], ||W - A'.B'|| / ||W||) with A', B' the
+    dequantized factors."""
+    w = np.asarray(w, np.float64)
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    root = np.sqrt(s[:rank])
+    wb, wa = (root[:, None] * vt[:rank]).astype(np.float32), (u[:, :rank] * root).astype(np.float32)
+    img_b = quantize_layer(f"{name}#B", wb, None, calib_x, lc, seed=seed)
+    img_a = quantize_layer(f"{name}#A", wa, bias, float_outputs(img_b, calib_x), lc,
+                           seed=seed, source=img_b)
+    approx = dequantize(img_a).astype(np.float64) @ dequantize(img_b).astype(np.float64)
+    n = np.linalg.norm(w)
+    return [img_b, img_a], float(np.linalg.norm(w - approx) / n) if n > 0 else 0.0
+
+
 @dataclass
 class Compressed:
     """What compress_layers made: images in model order, how each was resolved,
@@ -135,7 +161,8 @@ def compress_layers(model: LoadedModel, plan, calib=None, *, seed: int = 0,
     plan = CompressionPlan.coerce(plan)
     chosen = select_layers(model, layers)
     resolved = {n: plan.explain(n, *w.shape) for n, w, _ in chosen}
-    cfg = accel_config_for([(n, resolved[n].config, *w.shape) for n, w, _ in chosen],
+    cfg = accel_config_for([(f, resolved[n].config, r, c) for n, w, _ in chosen
+                            for f, r, c in factor_shapes(n, *w.shape, resolved[n].rank)],
                            mults, bus)
     unused = plan.unused_patterns(n for n, _, _ in chosen)
     if unused:
@@ -154,17 +181,28 @@ def compress_layers(model: LoadedModel, plan, calib=None, *, seed: int = 0,
     for i, (name, w, b) in enumerate(chosen):
         t = time.perf_counter()
         r = resolved[name]
-        img = quantize_layer(name, w, b, cal.data[name], r.config, seed=seed)
-        bits = layer_bits(r.config, img.rows, img.cols, mults, bus)
-        bpw[name] = bits["total"] / (img.rows * img.cols)
-        err[name] = relative_error(w, img)
-        total_bits += bits["total"]
-        total_w += img.rows * img.cols
-        imgs.append(img)
-        layer_meta[name] = {"plan": r.to_meta(), "bits": bits, "bits_per_weight": bpw[name],
-                            "rel_weight_error": err[name],
-                            "calibration_rows": int(len(cal.data[name]))}
-        say(f"[{i + 1}/{len(chosen)}] {name} {img.rows} x {img.cols} {r.config.name} "
+        if r.rank:
+            pair, err[name] = low_rank_pair(name, w, b, cal.data[name], r.config, r.rank, seed)
+        else:
+            pair = [quantize_layer(name, w, b, cal.data[name], r.config, seed=seed)]
+            err[name] = relative_error(w, pair[0])
+        bits = [layer_bits(r.config, img.rows, img.cols, mults, bus) for img in pair]
+        layer_total = sum(x["total"] for x in bits)
+        bpw[name] = layer_total / w.size
+        total_bits += layer_total
+        total_w += w.size
+        imgs += pair
+        for img, bt in zip(pair, bits):
+            layer_meta[img.name] = {"plan": r.to_meta(), "bits": bt,
+                                    "bits_per_weight": bt["total"] / (img.rows * img.cols),
+                                    "rel_weight_error": err[name],
+                                    "calibration_rows": int(len(cal.data[name]))}
+            if r.rank:
+                layer_meta[img.name]["factor_of"] = {"layer": name, "rank": r.rank,
+                                                     "rows": int(w.shape[0]),
+                                                     "cols": int(w.shape[1])}
+        rk = f" rank {r.rank} (B, A)" if r.rank else ""
+        say(f"[{i + 1}/{len(chosen)}] {name} {w.shape[0]} x {w.shape[1]} {r.config.name}{rk} "
             f"({r.rule})  rel.err {err[name]:.4f}  bits/weight {bpw[name]:.3f}  "
             f"({time.perf_counter() - t:.2f}s)")
     norms = {n: float(np.linalg.norm(w)) for n, w, _ in chosen}

@@ -229,22 +229,36 @@ class Comparison:
                 "layers": [x.to_dict() for x in self.layers]}
 
 
-def compare(cfg: AccelConfig, layers, baselines=BASELINES) -> Comparison:
+def compare(cfg: AccelConfig, layers, baselines=BASELINES, originals=None) -> Comparison:
     """The layers [(name, LayerConfig or name, rows, cols)] against each int
     baseline (default int8 and int4) for every layer, all on ONE build:
     `baseline_build(cfg, baselines)`, i.e. `cfg` with the int mode and the
     baselines' widths added by dataclasses.replace (not AccelConfig.covering,
     which would shrink the build). When `cfg` already has them (the default
     AccelConfig has every mode and width) that build is `cfg` itself.
-    Per-layer and whole-model speedup = baseline cycles / cycles."""
+    Per-layer and whole-model speedup = baseline cycles / cycles.
+
+    `originals` maps the image layers that are factors of one model layer (a low-rank
+    pair run as a chain) to that layer's (name, rows, cols): the whole-model baselines
+    then run the model layer unfactored, and bits per weight count its weights once,
+    so the pair is charged against what it replaces. Per-layer rows stay per image
+    layer (a factor against the baseline of its own shape)."""
     layers = [(str(n), _lc(lc), r, c) for n, lc, r, c in layers]
     bls = [_lc(b).name for b in baselines]
     build = baseline_build(cfg, bls)
     cost = model_cost(build, layers)
-    base = {b: model_cost(build, [(n, b, r, c) for n, _, r, c in layers]) for b in bls}
+    per_layer = {b: model_cost(build, [(n, b, r, c) for n, _, r, c in layers]) for b in bls}
+    base = per_layer
+    if originals:
+        logical = list(dict.fromkeys(originals.get(n, (n, r, c)) for n, _, r, c in layers))
+        base = {b: model_cost(build, [(n, b, r, c) for n, r, c in logical]) for b in bls}
+        nw = sum(r * c for _, r, c in logical)
+        cost = dataclasses.replace(cost, n_weights=nw,
+                                   bits_per_weight=cost.weight_side_bits / nw,
+                                   speedup_bound=8.0 * nw / cost.weight_side_bits)
     rows = [LayerComparison(a.name, a.rows, a.cols, a,
-                            {b: base[b].layers[i] for b in bls},
-                            {b: base[b].layers[i].cycles / a.cycles for b in bls})
+                            {b: per_layer[b].layers[i] for b in bls},
+                            {b: per_layer[b].layers[i].cycles / a.cycles for b in bls})
             for i, a in enumerate(cost.layers)]
     return Comparison(build=build, widened=build != cfg, layers=rows, cost=cost, base=base,
                       speedup={b: base[b].cycles / cost.cycles for b in bls})

@@ -197,6 +197,18 @@ def _sim_dir(d, label: str) -> Path | None:
     return d
 
 
+def _factors(layers: list) -> dict:
+    """Image layer -> (model layer, rows, cols) for the factors of a low-rank pair, from
+    the compressor's per-layer meta `factor_of` ({layer, rank, rows, cols})."""
+    out = {}
+    for lay in layers:
+        f = lay["meta"].get("factor_of") if isinstance(lay["meta"], dict) else None
+        if (isinstance(f, dict) and isinstance(f.get("layer"), str)
+                and all(type(f.get(k)) is int and f[k] > 0 for k in ("rows", "cols"))):
+            out[lay["name"]] = (f["layer"], f["rows"], f["cols"])
+    return out
+
+
 def _results(sim_dir: Path | None, layers: list, cfg) -> tuple[list, list, list]:
     rows, fails, mism = [], [], []
     for lay in layers:
@@ -249,7 +261,8 @@ def build_summary(images_dir, sim_dir=None, baseline_images_dir=None,
             blayers.append(b)
 
     try:
-        cmp = compare(cfg, [(x["name"], x["lc"], x["rows"], x["cols"]) for x in layers])
+        cmp = compare(cfg, [(x["name"], x["lc"], x["rows"], x["cols"]) for x in layers],
+                      originals=_factors(layers))
     except ConfigError as e:      # a baseline too wide for this build (e.g. max_cols)
         raise UserError(f"{images_dir / 'manifest.json'}: config: {e}") from None
     sims, fails, mism = _results(sdir, layers, cfg)
@@ -314,6 +327,7 @@ def build_summary(images_dir, sim_dir=None, baseline_images_dir=None,
         "bits": dict(m.bits), "total_bits": m.total_bits, "weight_bits": dict(m.weight_bits),
         "baseline_bits": {b: dict(x.bits) for b, x in cmp.base.items()},
         "baseline_weight_bits": {b: dict(x.weight_bits) for b, x in cmp.base.items()},
+        "low_rank": {f: list(o) for f, o in _factors(layers).items()},
         "layer_configs": [{"name": r["name"], "config": r["config"],
                            "fields": r["config_fields"], "meta": r["meta"]} for r in rows],
         "layers_simulated": sum(r["simulated"] for r in rows),
@@ -470,6 +484,10 @@ def render_markdown(s: dict) -> str:
           f"8 / bits-per-weight = {s['speedup_bound']:.3f}x",
           f"- Weight-phase bus utilisation {s['bus_utilisation']:.4f} beats/cycle; stream "
           f"utilisation (input beats / cycles) {s['stream_utilisation']:.4f}",
+          *([f"- Low-rank pairs (run as chains, B then A on B's int8 outputs; the "
+             f"baselines run each model layer unfactored and its weights count once): "
+             + ", ".join(f"`{f}` of `{o[0]}` {o[1]}x{o[2]}" for f, o in s["low_rank"].items())]
+            if s.get("low_rank") else []),
           f"- {s['layers_total']} layers, {s['weights']:,} weights; configs: "
           + ", ".join(f"`{k}` x{v}" for k, v in s["configs"].items()),
           f"- Simulated layers: {s['layers_simulated']}/{s['layers_total']}"

@@ -321,17 +321,48 @@ def layer_dir_name(entry: dict) -> str:
     return Path(entry["dir"]).name
 
 
+def _check_chains(prepared, results, layers, progress):
+    """A chained layer (input_from) whose source ran in the same simulation: the
+    source's RTL outputs must be exactly this layer's activations, i.e. the int8
+    values the source handed over on the accelerator. Recorded as
+    `input_matches_rtl` in the result (None when the source did not run)."""
+    out_of = {lay["name"]: Path(lay["out_dir"]) / "outputs.npy" for lay in layers}
+    for (_, layer, _, _, _), r, lay in zip(prepared, results, layers):
+        src = layer.input_from
+        if src is None:
+            continue
+        path = out_of.get(src)
+        ok = None
+        if path is not None and path.is_file():
+            ok = bool(np.array_equal(np.load(path).astype(np.int64),
+                                     np.asarray(layer.act, np.int64)))
+            if not ok:
+                r["passed"] = False
+                r.setdefault("problems", []).append(
+                    f"activations differ from the RTL outputs of {src} (input_from)")
+        r["input_matches_rtl"] = ok
+        rpath = Path(lay["out_dir"]) / "result.json"
+        tmp = rpath.with_name("result.json.tmp")
+        tmp.write_text(json.dumps(r, indent=1))
+        os.replace(tmp, rpath)
+        if progress and ok is not None:
+            progress(f"  chain {src} -> {layer.name}: RTL outputs of {src} "
+                     f"{'equal' if ok else 'DIFFER from'} the activations of {layer.name}")
+
+
 def pick_layers(entries: list[dict], all_layers: bool) -> list[str]:
-    """Every layer, or the first layer of each distinct (configuration, shape)."""
+    """Every layer, or the first layer of each distinct (configuration, shape), plus
+    the source of every chained layer picked (so the hand-over is checked too)."""
     if all_layers:
         return [e["name"] for e in entries]
-    seen, names = set(), []
+    seen, picked = set(), set()
     for e in entries:
         key = (json.dumps(e["config"], sort_keys=True), e["rows"], e["cols"])
         if key not in seen:
             seen.add(key)
-            names.append(e["name"])
-    return names
+            picked.add(e["name"])
+    picked |= {e["input_from"] for e in entries if e["name"] in picked and e.get("input_from")}
+    return [e["name"] for e in entries if e["name"] in picked]
 
 
 def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
@@ -373,6 +404,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     results = run_job(cfg, layers, simulator, seed, stall_prob, latency, job_dir,
                       build_dir=bdir, progress=progress, overlap=overlap)
     sim_s = time.perf_counter() - t1
+    _check_chains(prepared, results, layers, progress)
     summary = {"images": str(Path(image_dir).resolve()), "config": cfg.to_dict(),
                "simulator": simulator, "seed": seed, "stall_prob": stall_prob,
                "latency": latency, "overlap": overlap, "build_dir": str(bdir), "build": binfo,
@@ -389,7 +421,8 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                "layers": [{k: r.get(k) for k in (
                    "name", "config", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",
                    "cycles_rtl", "cycles_model", "out_cycles_match", "counters_match",
-                   "counters_rtl", "counters_model", "error", "wall_seconds")}
+                   "counters_rtl", "counters_model", "error", "wall_seconds",
+                   "input_matches_rtl")}
                    | {"dir": str(Path(l["out_dir"]).relative_to(out_dir))}
                    for r, l in zip(results, layers)]}
     tmp = out_dir / "sim_summary.json.tmp"

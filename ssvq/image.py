@@ -47,6 +47,7 @@ class LayerImage:
           coef_bits-bit (only when coef_bits > 0), signs (rows, cols) 0/1, 1 = negative
           (ssvq only).
     bias/mult/shift: per-row requantization; act: (cols,) int8 input vector.
+    input_from: the earlier layer this one's activations come from (or None).
     """
     name: str
     config: LayerConfig
@@ -62,6 +63,9 @@ class LayerImage:
     signs: np.ndarray | None = None
     weights: np.ndarray | None = None
     scales: dict = field(default_factory=dict)   # float metadata, not streamed
+    # name of an earlier layer whose int8 outputs are this layer's activations (a chain:
+    # a low-rank W = A.B runs as B then A); `act` must equal those outputs
+    input_from: str | None = None
 
     @property
     def mode(self) -> str:
@@ -399,6 +403,28 @@ def layer_arrays(img: LayerImage) -> dict:
     return arrays
 
 
+def check_chains(layers: list[LayerImage], where: str):
+    """Every `input_from` names an earlier layer whose rows are this layer's cols and
+    whose int8 outputs (ssvq.reference) are exactly this layer's activations."""
+    from ssvq.reference import outputs      # reference builds on this module
+
+    seen = {}
+    for img in layers:
+        src = img.input_from
+        if src is not None:
+            _expect(isinstance(src, str) and src in seen, where, f"{img.name}.input_from",
+                    f"the name of an earlier layer (one of {sorted(seen)})", repr(src))
+            s = seen[src]
+            _expect(s.rows == img.cols, where, f"{img.name}.input_from",
+                    f"a layer with {img.cols} rows (this layer's cols)",
+                    f"{src} with {s.rows} rows")
+            y = outputs(s)
+            diff = int((np.asarray(img.act, np.int64) != y.astype(np.int64)).sum())
+            _expect(diff == 0, where, f"{img.name}.act",
+                    f"the int8 outputs of {src} (input_from)", f"{diff} of {len(y)} differ")
+        seen[img.name] = img
+
+
 def write_images(out_dir: str | os.PathLike, cfg: AccelConfig, layers: list[LayerImage],
                  meta: dict | None = None, progress=None, layer_meta: dict | None = None) -> Path:
     """Writes all layers and the manifest atomically: into a sibling temporary
@@ -409,6 +435,7 @@ def write_images(out_dir: str | os.PathLike, cfg: AccelConfig, layers: list[Laye
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ImageError(f"{out_dir}: layers: expected unique names, found duplicates {dup}")
+    check_chains(layers, f"{out_dir}: layers")
     with atomic_dir(out_dir) as tmp:
         entries = []
         for i, img in enumerate(layers):
@@ -427,6 +454,8 @@ def write_images(out_dir: str | os.PathLike, cfg: AccelConfig, layers: list[Laye
                                "bytes": (tmp / rel / fn).stat().st_size} for fn in LAYER_FILES},
                 "meta": (layer_meta or {}).get(img.name, {}),
             }
+            if img.input_from is not None:
+                entry["input_from"] = img.input_from
             entries.append(entry)
             if progress:
                 progress(i + 1, len(layers), img.name)
@@ -506,6 +535,10 @@ class ImageSet:
                 "manifest_sha256 (the manifest was edited after writing)",
                 self.manifest.get("manifest_sha256"), digest)
         img.scales = self._arrays(img, self.root / e["dir"] / "arrays.npz")
+        src = e.get("input_from")
+        if src is not None:
+            img.input_from = src
+            check_chains([self.layer(src), img], mwhere)
         return img
 
     @staticmethod
@@ -579,6 +612,14 @@ def read_images(root: str | os.PathLike) -> ImageSet:
             v = e["sections"][s]
             _expect(isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v),
                     where, f"layers[{i}].sections.{s}", "[first_beat, count]", v)
+        src = e.get("input_from")
+        if src is not None:
+            earlier = {x["name"]: x for x in layers[:i]}
+            _expect(isinstance(src, str) and src in earlier, where, f"layers[{i}].input_from",
+                    "the name of an earlier layer", repr(src)[:80])
+            _expect(earlier[src]["rows"] == e["cols"], where, f"layers[{i}].input_from",
+                    f"a layer with {e['cols']} rows (this layer's cols)",
+                    f"{src} with {earlier[src]['rows']} rows")
     names = [e["name"] for e in layers]
     dup = sorted({n for n in names if names.count(n) > 1})
     _expect(not dup, where, "layers[].name", "unique names", f"duplicates {dup}")

@@ -895,6 +895,16 @@ def read_manifest(root):
                     and all(is_int(x) for x in v)):
                 raise DocFormatError(f"{m}: layers[{i}].sections.{s}: expected "
                                      f"[first_beat, count], found {v}")
+        src = ent.get("input_from")                                  # 9.8
+        if src is not None:
+            earlier = {e["name"]: e for e in layers[:i]}
+            if not (isinstance(src, str) and src in earlier):
+                raise DocFormatError(f"{m}: layers[{i}].input_from: expected the name of "
+                                     f"an earlier layer, found {repr(src)[:80]}")
+            if earlier[src]["rows"] != ent["cols"]:
+                raise DocFormatError(f"{m}: layers[{i}].input_from: expected a layer with "
+                                     f"{ent['cols']} rows (this layer's cols), found {src} "
+                                     f"with {earlier[src]['rows']} rows")
     names = [e["name"] for e in layers]                              # 10
     dups = sorted({x for x in names if names.count(x) > 1})
     if dups:
@@ -993,9 +1003,20 @@ def decode_image_set(path):
     order."""
     root = os.fspath(path)
     man, build = read_manifest(root)
-    out = []
+    out, by_name = [], {}
     for ent in man["layers"]:
         layer = decode_layer(root, man, build, ent)
         layer["build"] = build_to_dict(build)
+        src = ent.get("input_from")                                  # 8.5 check 11
+        if src is not None:
+            y = by_name[src]["outputs"].astype(np.int64)
+            n = int((np.asarray(layer["act"], np.int64) != y).sum())
+            if n:
+                name = ent["name"]
+                raise DocFormatError(f"{os.path.join(root, 'manifest.json')} layer {name}: "
+                                     f"{name}.act: expected the int8 outputs of {src} "
+                                     f"(input_from), found {n} of {len(y)} differ")
+        layer["input_from"] = src
+        by_name[ent["name"]] = layer
         out.append(layer)
     return out
