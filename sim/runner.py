@@ -31,9 +31,13 @@ from ssvq.errors import ConfigError, SimError
 REPO = Path(__file__).resolve().parents[1]
 SIMULATORS = ("icarus", "verilator")
 TOP = "ssvq_accel"
-TEST_MODULE = "sim.tb.test_accel"
+# stimulus -> cocotb test module: "memstream" feeds the streams from memory inside the
+# simulation (sim/tb/memstream.v, about 30x faster); "python" drives every beat from
+# Python (sim/tb/driver.py), kept for small directed tests where that is clearer
+TEST_MODULES = {"memstream": "sim.tb.test_memstream", "python": "sim.tb.test_accel"}
+STIMULI = tuple(TEST_MODULES)
 # bump when the build recipe changes, so cached builds are redone
-BUILD_RECIPE = 2
+BUILD_RECIPE = 3
 # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once the model is big
 # enough to be split into several C++ files the precompiled header is passed as a
 # stray input ("linker input file not found"); give make the flag gcc needs.
@@ -99,11 +103,21 @@ def config_tag(cfg: AccelConfig) -> str:
 
 # ----------------------------------------------------------------------- build
 def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None,
-          progress=None) -> Path:
+          progress=None, stimulus: str = "memstream", depth_log2: int | None = None) -> Path:
     """Generates the Verilog (hw.verilog.generate, or the given `verilog` file)
     and builds it for `simulator` in build_root/<simulator>-<config>-<hash>,
-    where the hash covers the config, the Verilog text and the build recipe.
+    where the hash covers the config, the Verilog text, the stimulus (memstream:
+    the testbench top and its memory size) and the build recipe.
     An existing finished build with the same hash is reused. Returns the dir."""
+    from sim.stimulus import LAYERS_LOG2, MIN_DEPTH_LOG2, TB_SOURCE, TB_TOP
+
+    if stimulus not in TEST_MODULES:
+        raise ValueError(f"stimulus must be one of {STIMULI}, found {stimulus!r}")
+    mem = stimulus == "memstream"
+    params = ({"BUS": cfg.bus, "DEPTH_LOG2": depth_log2 or MIN_DEPTH_LOG2,
+               "LAYERS_LOG2": LAYERS_LOG2} if mem else {})
+    top = TB_TOP if mem else TOP
+    tb_text = TB_SOURCE.read_text() if mem else ""
     build_root = Path(build_root).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
     gen = Path(tempfile.mkdtemp(prefix=".gen.", dir=build_root))
@@ -121,8 +135,10 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
         extra = VERILATOR_ARGS if simulator == "verilator" else ICARUS_ARGS
         key = hashlib.sha256(json.dumps(
             {"config": cfg.to_dict(), "simulator": simulator, "recipe": BUILD_RECIPE,
-             "args": extra}, sort_keys=True).encode() + text.encode()).hexdigest()[:12]
-        bdir = build_root / f"{simulator}-{config_tag(cfg)}-{key}"
+             "args": extra, "top": top, "params": params}, sort_keys=True).encode()
+            + text.encode() + tb_text.encode()).hexdigest()[:12]
+        tag = f"{stimulus[:3]}{params['DEPTH_LOG2']}" if mem else stimulus[:3]
+        bdir = build_root / f"{simulator}-{config_tag(cfg)}-{tag}-{key}"
         stamp = bdir / "build.json"
         with _lock(build_root / f".{bdir.name}.lock"):
             if stamp.is_file():
@@ -134,6 +150,10 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             bdir.mkdir(parents=True)
             src = bdir / f"{TOP}.v"
             shutil.copyfile(vfile, src)
+            sources = [src]
+            if mem:
+                sources.append(bdir / TB_SOURCE.name)
+                shutil.copyfile(TB_SOURCE, sources[-1])
             for extra_file in gen.iterdir():
                 if extra_file.name != vfile.name and extra_file.is_file():
                     shutil.copyfile(extra_file, bdir / extra_file.name)
@@ -143,13 +163,14 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             t = time.perf_counter()
             log = bdir / "build.log"
             try:
-                runner.build(sources=[src], hdl_toplevel=TOP, build_dir=bdir / "obj",
+                runner.build(sources=sources, hdl_toplevel=top, build_dir=bdir / "obj",
                              timescale=("1ns", "1ps"), build_args=extra, always=True,
-                             log_file=log)
+                             parameters=params, log_file=log)
             except (RuntimeError, SystemExit) as e:
                 tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
                 raise SimError(f"{simulator} build of {src} failed ({e}); log {log}:\n{tail}") from None
             info = {"simulator": simulator, "config": cfg.to_dict(), "hash": key,
+                    "stimulus": stimulus, "top": top, "parameters": params,
                     "verilog": str(src), "generate_seconds": round(gen_s, 2),
                     "build_seconds": round(time.perf_counter() - t, 2)}
             stamp.write_text(json.dumps(info, indent=1))
@@ -176,7 +197,9 @@ def _one_line(r: dict, i: int, n: int) -> str:
 def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
             stall_prob: float = 0.0, latency: int = 0, out_dir="build/sim/job",
             build_dir=None, build_root="build/sim", progress=None,
-            overlap: bool = False) -> list[dict]:
+            overlap: bool = False, stimulus: str = "memstream",
+            stall_prob_in: float | None = None, stall_prob_out: float | None = None,
+            resets: list[dict] | None = None, waves: bool = False) -> list[dict]:
     """Runs `layers` back to back in one simulator process.
 
     Each layer dict: name, mode, rows, cols, beats (path .npy/.bin/.hex), expected
@@ -185,16 +208,28 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
     out_dir/<index>_<name>). With `overlap`, each layer's stream is queued right
     behind the previous one's (its header waits while the previous layer
     computes); otherwise a layer starts once the previous one is done.
+    `stimulus` "memstream" (default) feeds the streams from memory inside the
+    simulation with in-simulation stall generators (sim/tb/memstream.v), where
+    `stall_prob_in`/`stall_prob_out` (default `stall_prob`) set each side and
+    `resets` ([{"layer": i, "phase": P}]) cut layers by reset (test_memstream.py);
+    "python" drives every beat from Python. `waves` writes a waveform (FST on
+    Verilator, VCD on Icarus) into out_dir.
     Returns the result dicts in layer order; a layer the simulator left no
     result for gets one with passed False."""
-    if not 0.0 <= stall_prob < 1.0:
-        raise ValueError(f"stall_prob must be in [0, 1), found {stall_prob}")
+    if stimulus not in TEST_MODULES:
+        raise ValueError(f"stimulus must be one of {STIMULI}, found {stimulus!r}")
+    p_in = stall_prob if stall_prob_in is None else stall_prob_in
+    p_out = stall_prob if stall_prob_out is None else stall_prob_out
+    for name, v in (("stall_prob", stall_prob), ("stall_prob_in", p_in),
+                    ("stall_prob_out", p_out)):
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), found {v}")
+    if stimulus == "python" and (p_in != p_out or resets):
+        raise ValueError("the python stimulus has one stall_prob for both sides and no resets")
     if latency < 0:
         raise ValueError(f"latency must be >= 0, found {latency}")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    bdir = Path(build_dir) if build_dir is not None else build(cfg, simulator, build_root,
-                                                                progress=progress)
     job_layers = []
     for i, lay in enumerate(layers):
         lay = dict(lay)
@@ -206,8 +241,30 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         Path(lay["out_dir"], "outputs.npy").unlink(missing_ok=True)
         job_layers.append(lay)
     job = {"config": cfg.to_dict(), "simulator": simulator, "seed": int(seed),
-           "stall_prob": float(stall_prob), "latency": int(latency), "overlap": bool(overlap),
-           "layers": job_layers}
+           "stall_prob": float(stall_prob), "stall_prob_in": float(p_in),
+           "stall_prob_out": float(p_out), "latency": int(latency), "overlap": bool(overlap),
+           "stimulus_kind": stimulus, "resets": list(resets or []), "layers": job_layers}
+    plusargs = []
+    depth = None
+    if stimulus == "memstream":
+        from sim.stimulus import write_stimulus
+        stim = write_stimulus(cfg, job_layers, out_dir / "stim")
+        job["stimulus"] = stim
+        depth = stim["depth_log2"]
+        plusargs = [f"+ssvq_{k}={stim[k]}" for k in ("in", "tab", "marks", "cov")]
+    if build_dir is not None:
+        bdir = Path(build_dir)
+        binfo = build_info(bdir)
+        if binfo.get("stimulus", "python") != stimulus:
+            raise SimError(f"{bdir}: a {binfo.get('stimulus', 'python')} build, "
+                           f"found a {stimulus} job")
+        if depth is not None and binfo["parameters"]["DEPTH_LOG2"] < depth:
+            raise SimError(f"{bdir}: holds 2**{binfo['parameters']['DEPTH_LOG2']} input "
+                           f"beats, the job needs 2**{depth}")
+    else:
+        bdir = build(cfg, simulator, build_root, progress=progress, stimulus=stimulus,
+                     depth_log2=depth)
+    top = build_info(bdir).get("top", TOP)
     job_file = out_dir / "job.json"
     job_file.write_text(json.dumps(job, indent=1))
     runner = _runner(simulator)
@@ -218,10 +275,11 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
 
     def simulate():
         try:
-            runner.test(test_module=TEST_MODULE, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
-                        build_dir=bdir / "obj", test_dir=out_dir, results_xml=str(results_xml),
-                        seed=int(seed), extra_env={"SSVQ_TB_JOB": str(job_file)},
-                        log_file=log, timescale=("1ns", "1ps"))
+            runner.test(test_module=TEST_MODULES[stimulus], hdl_toplevel=top,
+                        hdl_toplevel_lang="verilog", build_dir=bdir / "obj",
+                        test_dir=out_dir, results_xml=str(results_xml), seed=int(seed),
+                        extra_env={"SSVQ_TB_JOB": str(job_file)}, plusargs=plusargs,
+                        waves=waves, log_file=log, timescale=("1ns", "1ps"))
         except SystemExit as e:         # cocotb's runner exits when the test fails
             outcome["error"] = f"simulator exited with status {e.code}"
         except Exception as e:          # noqa: BLE001 - reported with the results
@@ -368,7 +426,8 @@ def pick_layers(entries: list[dict], all_layers: bool) -> list[str]:
 def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                     stall_prob=0.0, latency=0, out_dir="build/sim/out", progress=print,
                     build_root="build/sim", prepared=None, overlap=False,
-                    build_cfg=None) -> dict:
+                    build_cfg=None, stimulus="memstream", stall_prob_in=None,
+                    stall_prob_out=None, waves=False) -> dict:
     """Checks the images, computes golden results, builds the RTL, runs all
     requested layers in one simulator run, and writes
     out_dir/<layer dir>/result.json + outputs.npy and out_dir/sim_summary.json.
@@ -394,7 +453,10 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                        "out_cycles": list(t.out_cycles), "counters": t.counters,
                        "out_dir": str(out_dir / d)})
     t0 = time.perf_counter()
-    bdir = build(cfg, simulator, build_root, progress=progress)
+    from sim.stimulus import depth_log2
+    depth = depth_log2(sum(len(b) for _, _, b, _, _ in prepared))
+    bdir = build(cfg, simulator, build_root, progress=progress, stimulus=stimulus,
+                 depth_log2=depth)
     build_s = time.perf_counter() - t0
     binfo = build_info(bdir)
     total_cycles = sum(l["counters"]["cycles"] for l in layers)
@@ -402,7 +464,9 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
              f"(seed {seed}, stall_prob {stall_prob}, latency {latency})")
     t1 = time.perf_counter()
     results = run_job(cfg, layers, simulator, seed, stall_prob, latency, job_dir,
-                      build_dir=bdir, progress=progress, overlap=overlap)
+                      build_dir=bdir, progress=progress, overlap=overlap, stimulus=stimulus,
+                      stall_prob_in=stall_prob_in, stall_prob_out=stall_prob_out,
+                      waves=waves)
     sim_s = time.perf_counter() - t1
     _check_chains(prepared, results, layers, progress)
     summary = {"images": str(Path(image_dir).resolve()), "config": cfg.to_dict(),

@@ -1,0 +1,268 @@
+// Simulator-side stimulus for ssvq_accel (docs/ARCH.md, "Regression stimulus").
+//
+// Why: driving every beat from Python costs a Python wake-up per cycle (about 30k
+// cycles/s on Verilator). Here the layer streams come from memory ($readmemh of the
+// images' stream.hex, laid end to end) and the input gaps and output back-pressure
+// from one 32-bit LFSR per side, so Python only wakes per output beat and per layer.
+//
+// Files (plusargs, read at time 0):
+//   +ssvq_in=F     $readmemh into in_mem: every layer's stream.hex, one after another
+//   +ssvq_tab=F    $readmemh into tab: per layer {n_out[31:0], n_beats[31:0], start[31:0]}
+//   +ssvq_marks=F  $readmemh into marks: per input beat {block, last, first, section[2:0]}
+//   +ssvq_cov=F    $writememh of cov when dump_cov rises
+// Settings are inputs that cocotb sets before it releases rst and keeps stable.
+//
+// Conventions (the same as sim/tb/driver.py and monitor.py): cycle c is the cycle
+// whose closing edge is the c-th rising edge after time 0 (register `cycle` holds c
+// during it); a transfer in cycle c has valid and ready high during c.
+`timescale 1ns/1ps
+module ssvq_memstream_tb #(
+    parameter integer BUS = 64,
+    parameter integer DEPTH_LOG2 = 16,    // input beats held (all layers of a run)
+    parameter integer LAYERS_LOG2 = 8     // layers per run
+) (
+    input  wire clk,
+    input  wire rst,
+    input  wire [15:0] in_gap_thr,        // a beat is withheld with probability thr/65536
+    input  wire [15:0] out_bp_thr,        // o_ready is low with probability thr/65536
+    input  wire [31:0] in_seed,
+    input  wire [31:0] out_seed,
+    input  wire        seed_load,         // high: (re)load both LFSRs from the seeds
+    input  wire [15:0] latency,           // cycles before a layer's first beat is offered
+    input  wire        overlap,           // queue a layer's header behind the previous one
+    input  wire [LAYERS_LOG2:0] n_layers,
+    input  wire        force_bp,          // directed tests: hold o_ready low
+    input  wire        dump_cov,
+
+    output reg  [31:0] cycle = 0,
+    // the source: layer it is on and beats of it accepted
+    output reg  [LAYERS_LOG2:0] src_layer = 0,
+    output reg  [31:0] src_pos = 0,
+    // the sink: every accepted output beat, the last one's payload and cycle
+    output reg  [31:0] out_count = 0,
+    output reg  [BUS-1:0] out_data = 0,
+    output reg  [31:0] out_cycle = 0,
+    output reg  [LAYERS_LOG2:0] out_layer = 0,   // layer whose output beats come next
+    output reg  [31:0] out_pos = 0,
+    output reg  [31:0] hdr_cycle = 0,            // cycle out_layer's first beat was accepted
+    // once per finished layer (its last output beat was accepted the cycle before):
+    output reg  [31:0] layer_events = 0,
+    output reg  [LAYERS_LOG2:0] res_layer = 0,
+    output reg  [31:0] res_hdr_cycle = 0,        // cycle its first header beat was accepted
+    output reg  [31:0] res_last_cycle = 0,       // cycle of its last output beat
+    output reg  [31:0] res_stall_ports = 0,      // cnt_stall's definition, from the ports
+    output reg  [31:0] res_stall_gen = 0,        // stall cycles the generators made
+    output reg  [31:0] res_gaps = 0,             // beats withheld (cycles), whole layer
+    output reg  [31:0] res_in_beats = 0,         // input beats of it accepted
+    output reg         res_busy = 0,             // busy in the cycle after the last beat
+    // the DUT's counters then
+    output reg  [31:0] res_cycles = 0,
+    output reg  [31:0] res_stall = 0,
+    output reg  [31:0] res_header = 0,
+    output reg  [31:0] res_codebook = 0,
+    output reg  [31:0] res_params = 0,
+    output reg  [31:0] res_acts = 0,
+    output reg  [31:0] res_weights = 0,
+    output reg  [31:0] res_out = 0,
+    output reg  [31:0] resets = 0                // layers abandoned by a reset
+);
+    localparam integer DEPTH = 1 << DEPTH_LOG2;
+    localparam integer LAYERS = 1 << LAYERS_LOG2;
+    localparam integer BINS = 32;     // per layer: section*6 + position*2 + event
+
+    reg [BUS-1:0] in_mem [0:DEPTH-1];
+    reg [95:0] tab [0:LAYERS-1];
+    reg [7:0] marks [0:DEPTH-1];
+    reg [15:0] cov [0:LAYERS*BINS-1];
+
+    // ------------------------------------------------------------------ the DUT
+    reg  i_valid = 0;
+    reg  [BUS-1:0] i_data = 0;
+    wire i_ready;
+    reg  o_ready = 0;
+    wire o_valid;
+    wire [BUS-1:0] o_data;
+    wire busy;
+    wire [31:0] c_cycles, c_stall, c_header, c_codebook, c_params, c_acts, c_weights, c_out;
+
+    ssvq_accel dut (
+        .clk(clk), .rst(rst),
+        .i_stream__payload(i_data), .i_stream__valid(i_valid), .i_stream__ready(i_ready),
+        .o_stream__payload(o_data), .o_stream__valid(o_valid), .o_stream__ready(o_ready),
+        .busy(busy),
+        .cnt_cycles(c_cycles), .cnt_stall(c_stall), .cnt_header(c_header),
+        .cnt_codebook(c_codebook), .cnt_params(c_params), .cnt_acts(c_acts),
+        .cnt_weights(c_weights), .cnt_out(c_out));
+
+    // ------------------------------------------------------------------- files
+    reg [1023:0] fname;
+    integer k;
+    initial begin
+        for (k = 0; k < LAYERS * BINS; k = k + 1) cov[k] = 0;
+        for (k = 0; k < LAYERS; k = k + 1) tab[k] = 0;
+        if ($value$plusargs("ssvq_in=%s", fname)) $readmemh(fname, in_mem);
+        if ($value$plusargs("ssvq_tab=%s", fname)) $readmemh(fname, tab);
+        if ($value$plusargs("ssvq_marks=%s", fname)) $readmemh(fname, marks);
+    end
+    reg dump_q = 0;
+    always @(posedge clk) begin
+        dump_q <= dump_cov;
+        if (dump_cov && !dump_q && $value$plusargs("ssvq_cov=%s", fname))
+            $writememh(fname, cov);
+    end
+
+    // ------------------------------------------------------------- generators
+    // Galois LFSR, x^32 + x^22 + x^2 + x + 1; the low 16 bits are the draw
+    function [31:0] lfsr_step(input [31:0] s);
+        lfsr_step = s[0] ? ((s >> 1) ^ 32'h80200003) : (s >> 1);
+    endfunction
+    reg [31:0] lfsr_in = 1, lfsr_out = 1;
+    wire gap_draw = lfsr_in[15:0] < in_gap_thr;
+    wire bp_draw = lfsr_out[15:0] < out_bp_thr;
+
+    // ------------------------------------------------------------------ source
+    wire i_fire = i_valid & i_ready & ~rst;
+    wire o_fire = o_valid & o_ready & ~rst;
+    wire [95:0] cur = tab[src_layer[LAYERS_LOG2-1:0]];
+    wire last_of_layer = i_fire && (src_pos + 1 == cur[63:32]);
+    wire [LAYERS_LOG2:0] nx_layer = last_of_layer ? src_layer + 1 : src_layer;
+    wire [31:0] nx_pos = i_fire ? (last_of_layer ? 32'd0 : src_pos + 1) : src_pos;
+    wire [95:0] nx = tab[nx_layer[LAYERS_LOG2-1:0]];
+    wire [DEPTH_LOG2-1:0] nx_addr = nx[31:0] + nx_pos;
+    reg armed = 0;                 // the current layer may offer its first beat ...
+    reg [15:0] lat_left = 0;       // ... after this many more cycles
+    reg inflight = 0;              // out_layer's header accepted, its outputs not all in
+    // a new layer may start: always with overlap, else once the previous one finished
+    wire prev_clear = overlap || nx_layer == 0 || (out_layer >= nx_layer && !busy);
+    reg gap_now = 0;               // valid is low this cycle because of a gap draw
+    reg gap_seen = 0, bp_seen = 0; // since the last accepted beat
+    wire [7:0] mk = marks[cur[31:0] + src_pos];
+    wire [4:0] bin_base = mk[2:0] * 6;
+
+    always @(posedge clk) begin
+        cycle <= cycle + 1;
+        lfsr_in <= seed_load ? (in_seed == 0 ? 32'h1 : in_seed) : lfsr_step(lfsr_in);
+        lfsr_out <= seed_load ? (out_seed == 0 ? 32'h1 : out_seed) : lfsr_step(lfsr_out);
+        gap_now <= 0;
+        if (rst) begin
+            // a stream interrupted by reset is abandoned; the next layer starts clean
+            i_valid <= 0;
+            armed <= 0;
+            gap_seen <= 0;
+            if (inflight && src_layer == out_layer) src_layer <= src_layer + 1;
+            src_pos <= 0;
+        end else begin
+            if (i_fire) begin
+                src_pos <= nx_pos;
+                src_layer <= nx_layer;
+                gap_seen <= 0;
+                if (last_of_layer) armed <= 0;
+                // coverage: the accepted beat's marks x what happened while it was next
+                if (mk[3]) begin
+                    if (gap_seen) cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd0}] <= cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd0}] + 1;
+                    if (bp_seen || (o_valid && !o_ready)) cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd1}] <= cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd1}] + 1;
+                end
+                if (mk[4]) begin
+                    if (gap_seen) cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd2}] <= cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd2}] + 1;
+                    if (bp_seen || (o_valid && !o_ready)) cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd3}] <= cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd3}] + 1;
+                end
+                if (mk[5]) begin
+                    if (gap_seen) cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd4}] <= cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd4}] + 1;
+                    if (bp_seen || (o_valid && !o_ready)) cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd5}] <= cov[{src_layer[LAYERS_LOG2-1:0], bin_base + 5'd5}] + 1;
+                end
+            end
+            // next cycle's valid: a beat is held until accepted (stream rule)
+            if (!i_valid || i_fire) begin
+                i_valid <= 0;
+                if (nx_layer >= n_layers) begin
+                    // nothing left to send
+                end else if (nx_pos == 0 && !(armed && !last_of_layer)) begin
+                    if (prev_clear) begin
+                        armed <= 1;
+                        lat_left <= latency;
+                    end
+                end else if (nx_pos == 0 && lat_left != 0) begin
+                    lat_left <= lat_left - 1;
+                end else if (gap_draw) begin
+                    i_data <= {8{lfsr_in}};              // junk while valid is low (truncated to BUS)
+                    gap_now <= 1;
+                    gap_seen <= 1;
+                end else begin
+                    i_valid <= 1;
+                    i_data <= in_mem[nx_addr];
+                end
+            end
+        end
+    end
+
+    // -------------------------------------------------------------------- sink
+    wire stall_ports = (i_ready && !i_valid) || (o_valid && !o_ready);
+    wire stall_gen = (i_ready && gap_now) || (o_valid && !o_ready);
+    reg in_window = 0;             // after a header, up to its layer's last output beat
+    reg [31:0] stall_p = 0, stall_g = 0, gaps = 0, in_beats = 0;
+    reg snap = 0;
+    wire [95:0] ocur = tab[out_layer[LAYERS_LOG2-1:0]];
+
+    always @(posedge clk) begin
+        o_ready <= !force_bp && !bp_draw;
+        snap <= 0;
+        if (!rst && o_valid && !o_ready && !o_fire) bp_seen <= 1;
+        if (i_fire) bp_seen <= 0;
+        if (rst) begin
+            in_window <= 0;
+            bp_seen <= 0;
+            if (inflight) begin
+                resets <= resets + 1;
+                inflight <= 0;
+                out_layer <= out_layer + 1;
+                out_pos <= 0;
+            end
+        end else begin
+            if (i_fire && src_pos == 0) begin
+                hdr_cycle <= cycle;
+                inflight <= 1;
+                in_window <= 1;
+                stall_p <= 0;
+                stall_g <= 0;
+                gaps <= 0;
+                in_beats <= 1;
+            end else begin
+                if (i_fire) in_beats <= in_beats + 1;
+                if (in_window) begin
+                    stall_p <= stall_p + stall_ports;
+                    stall_g <= stall_g + stall_gen;
+                    gaps <= gaps + gap_now;
+                end
+            end
+            if (o_fire) begin
+                out_count <= out_count + 1;
+                out_data <= o_data;
+                out_cycle <= cycle;
+                if (out_pos + 1 == ocur[95:64]) begin
+                    // the layer's last output beat: results now, counters next cycle
+                    out_pos <= 0;
+                    out_layer <= out_layer + 1;
+                    inflight <= 0;
+                    in_window <= 0;
+                    res_layer <= out_layer;
+                    res_hdr_cycle <= hdr_cycle;
+                    res_last_cycle <= cycle;
+                    res_stall_ports <= stall_p + stall_ports;
+                    res_stall_gen <= stall_g + stall_gen;
+                    res_gaps <= gaps;
+                    res_in_beats <= in_beats + i_fire;
+                    snap <= 1;
+                end else begin
+                    out_pos <= out_pos + 1;
+                end
+            end
+        end
+        if (snap) begin
+            res_busy <= busy;
+            res_cycles <= c_cycles; res_stall <= c_stall; res_header <= c_header;
+            res_codebook <= c_codebook; res_params <= c_params; res_acts <= c_acts;
+            res_weights <= c_weights; res_out <= c_out;
+            layer_events <= layer_events + 1;
+        end
+    end
+endmodule
