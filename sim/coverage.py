@@ -7,7 +7,8 @@ A bin is (mode, section, position, event):
   position  first / last beat of the section, or block: the weight beat holding the first
             group of an output block (the bus/8 rows of one output beat) other than the first
   event     gap: the source withheld the beat at least one cycle while it was next;
-            backpressure: o_stream was valid and not ready in a cycle while it was next
+            backpressure: o_stream was valid and not ready in a cycle before the beat was
+            accepted while the source offered it or withheld it by a gap
 The in-simulation testbench (sim/tb/memstream.v) counts hits per layer; this module
 names the bins, says which are necessary, merges runs and reports.
 
@@ -87,8 +88,10 @@ def layer_hits(counts: list[int]) -> dict:
 
 def read_cov_file(path: Path, n_layers: int) -> list[dict]:
     """The testbench's $writememh dump -> per layer {bin name: hits}."""
-    words = [w for w in Path(path).read_text().split() if not w.startswith("//")]
-    vals = [int(w, 16) if all(c in "0123456789abcdefABCDEF" for c in w) else 0 for w in words]
+    vals = []
+    for line in Path(path).read_text().splitlines():
+        for w in line.split("//")[0].split():       # simulators add "// 0x<address>" lines
+            vals.append(int(w, 16) if all(c in "0123456789abcdefABCDEF" for c in w) else 0)
     return [layer_hits(vals[i * BINS_PER_LAYER:(i + 1) * BINS_PER_LAYER])
             for i in range(n_layers)]
 

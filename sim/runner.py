@@ -42,7 +42,10 @@ BUILD_RECIPE = 3
 # enough to be split into several C++ files the precompiled header is passed as a
 # stray input ("linker input file not found"); give make the flag gcc needs.
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
-VERILATOR_MAKE_VARS = "CFG_CXXFLAGS_PCH_I=-include"
+# It leaves the C++ standard and coroutine flags empty too, which --timing (memstream)
+# needs: C++20 coroutines.
+VERILATOR_MAKE_VARS = ("CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++20 "
+                       "CFG_CXXFLAGS_COROUTINES=-fcoroutines")
 # cocotb's runner compiles with -g2012, where Icarus 11 runs `reg x = 0;` declaration
 # initializers before time 0 without an event; Yosys' Verilog relies on that event
 # (the `if (\$auto$verilog_backend...dump_module$1) begin end` line in each
@@ -50,6 +53,9 @@ VERILATOR_MAKE_VARS = "CFG_CXXFLAGS_PCH_I=-include"
 # i_stream__ready stayed X forever. The later -g2005 wins and restores the event.
 ICARUS_ARGS = ["-g2005"]
 MAX_BUILD_JOBS = int(os.environ.get("SSVQ_BUILD_JOBS", "2"))
+# numpy in the simulator process would start OpenBLAS threads that spin beside the
+# simulation (measured: a third of the layer time on 2 cores)
+SIM_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 # ------------------------------------------------------------------ simulators
@@ -133,6 +139,9 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             gen_s = 0.0
         text = vfile.read_text()
         extra = VERILATOR_ARGS if simulator == "verilator" else ICARUS_ARGS
+        if mem and simulator == "verilator":
+            # memstream.v makes its own clock (#5) and marks what cocotb reads public
+            extra = extra + ["--timing", "--no-public-flat-rw", "-O3"]
         key = hashlib.sha256(json.dumps(
             {"config": cfg.to_dict(), "simulator": simulator, "recipe": BUILD_RECIPE,
              "args": extra, "top": top, "params": params}, sort_keys=True).encode()
@@ -278,7 +287,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
             runner.test(test_module=TEST_MODULES[stimulus], hdl_toplevel=top,
                         hdl_toplevel_lang="verilog", build_dir=bdir / "obj",
                         test_dir=out_dir, results_xml=str(results_xml), seed=int(seed),
-                        extra_env={"SSVQ_TB_JOB": str(job_file)}, plusargs=plusargs,
+                        extra_env={"SSVQ_TB_JOB": str(job_file), **SIM_ENV},
+                        plusargs=plusargs,
                         waves=waves, log_file=log, timescale=("1ns", "1ps"))
         except SystemExit as e:         # cocotb's runner exits when the test fails
             outcome["error"] = f"simulator exited with status {e.code}"

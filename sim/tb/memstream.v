@@ -21,51 +21,57 @@ module ssvq_memstream_tb #(
     parameter integer DEPTH_LOG2 = 16,    // input beats held (all layers of a run)
     parameter integer LAYERS_LOG2 = 8     // layers per run
 ) (
-    input  wire clk,
-    input  wire rst,
-    input  wire [15:0] in_gap_thr,        // a beat is withheld with probability thr/65536
-    input  wire [15:0] out_bp_thr,        // o_ready is low with probability thr/65536
-    input  wire [31:0] in_seed,
-    input  wire [31:0] out_seed,
-    input  wire        seed_load,         // high: (re)load both LFSRs from the seeds
-    input  wire [15:0] latency,           // cycles before a layer's first beat is offered
-    input  wire        overlap,           // queue a layer's header behind the previous one
-    input  wire [LAYERS_LOG2:0] n_layers,
-    input  wire        force_bp,          // directed tests: hold o_ready low
-    input  wire        dump_cov,
+    input  wire rst /*verilator public_flat_rw*/,
+    input  wire [15:0] in_gap_thr /*verilator public_flat_rw*/,        // a beat is withheld with probability thr/65536
+    input  wire [15:0] out_bp_thr /*verilator public_flat_rw*/,        // o_ready is low with probability thr/65536
+    input  wire [31:0] in_seed /*verilator public_flat_rw*/,
+    input  wire [31:0] out_seed /*verilator public_flat_rw*/,
+    input  wire        seed_load /*verilator public_flat_rw*/,         // high: (re)load both LFSRs from the seeds
+    input  wire [15:0] latency /*verilator public_flat_rw*/,           // cycles before a layer's first beat is offered
+    input  wire        overlap /*verilator public_flat_rw*/,           // queue a layer's header behind the previous one
+    input  wire [LAYERS_LOG2:0] n_layers /*verilator public_flat_rw*/,
+    input  wire        force_bp /*verilator public_flat_rw*/,          // directed tests: hold o_ready low
+    input  wire        dump_cov /*verilator public_flat_rw*/,
 
-    output reg  [31:0] cycle = 0,
+    output reg  [31:0] cycle /*verilator public_flat_rw*/ = 0,
     // the source: layer it is on and beats of it accepted
-    output reg  [LAYERS_LOG2:0] src_layer = 0,
-    output reg  [31:0] src_pos = 0,
+    output reg  [LAYERS_LOG2:0] src_layer /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] src_pos /*verilator public_flat_rw*/ = 0,
     // the sink: every accepted output beat, the last one's payload and cycle
-    output reg  [31:0] out_count = 0,
-    output reg  [BUS-1:0] out_data = 0,
-    output reg  [31:0] out_cycle = 0,
-    output reg  [LAYERS_LOG2:0] out_layer = 0,   // layer whose output beats come next
-    output reg  [31:0] out_pos = 0,
-    output reg  [31:0] hdr_cycle = 0,            // cycle out_layer's first beat was accepted
+    output reg  [31:0] out_count /*verilator public_flat_rw*/ = 0,
+    output reg  [BUS-1:0] out_data /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] out_cycle /*verilator public_flat_rw*/ = 0,
+    output reg  [LAYERS_LOG2:0] out_layer /*verilator public_flat_rw*/ = 0,   // layer whose output beats come next
+    output reg  [31:0] out_pos /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] hdr_cycle /*verilator public_flat_rw*/ = 0,            // cycle out_layer's first beat was accepted
     // once per finished layer (its last output beat was accepted the cycle before):
-    output reg  [31:0] layer_events = 0,
-    output reg  [LAYERS_LOG2:0] res_layer = 0,
-    output reg  [31:0] res_hdr_cycle = 0,        // cycle its first header beat was accepted
-    output reg  [31:0] res_last_cycle = 0,       // cycle of its last output beat
-    output reg  [31:0] res_stall_ports = 0,      // cnt_stall's definition, from the ports
-    output reg  [31:0] res_stall_gen = 0,        // stall cycles the generators made
-    output reg  [31:0] res_gaps = 0,             // beats withheld (cycles), whole layer
-    output reg  [31:0] res_in_beats = 0,         // input beats of it accepted
-    output reg         res_busy = 0,             // busy in the cycle after the last beat
+    output reg  [31:0] layer_events /*verilator public_flat_rw*/ = 0,
+    output reg  [LAYERS_LOG2:0] res_layer /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_hdr_cycle /*verilator public_flat_rw*/ = 0,        // cycle its first header beat was accepted
+    output reg  [31:0] res_last_cycle /*verilator public_flat_rw*/ = 0,       // cycle of its last output beat
+    output reg  [31:0] res_stall_ports /*verilator public_flat_rw*/ = 0,      // cnt_stall's definition, from the ports
+    output reg  [31:0] res_stall_gen /*verilator public_flat_rw*/ = 0,        // stall cycles the generators made
+    output reg  [31:0] res_gaps /*verilator public_flat_rw*/ = 0,             // beats withheld (cycles), whole layer
+    output reg  [31:0] res_in_beats /*verilator public_flat_rw*/ = 0,         // input beats of it accepted
+    output reg         res_busy /*verilator public_flat_rw*/ = 0,             // busy in the cycle after the last beat
     // the DUT's counters then
-    output reg  [31:0] res_cycles = 0,
-    output reg  [31:0] res_stall = 0,
-    output reg  [31:0] res_header = 0,
-    output reg  [31:0] res_codebook = 0,
-    output reg  [31:0] res_params = 0,
-    output reg  [31:0] res_acts = 0,
-    output reg  [31:0] res_weights = 0,
-    output reg  [31:0] res_out = 0,
-    output reg  [31:0] resets = 0                // layers abandoned by a reset
+    output reg  [31:0] res_cycles /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_stall /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_header /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_codebook /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_params /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_acts /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_weights /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] res_out /*verilator public_flat_rw*/ = 0,
+    output reg  [31:0] resets /*verilator public_flat_rw*/ = 0                // layers abandoned by a reset
 );
+    // The clock is made here, not by cocotb: a clock from cocotb costs a trip through
+    // the simulator's VPI every half period, which bounds Verilator at ~80k cycles/s.
+    // Only what cocotb reads is public (the runner passes --no-public-flat-rw: making
+    // every signal public stops Verilator from optimizing the design, 3x slower).
+    reg clk /*verilator public_flat_rd*/ = 0;
+    always #5 clk = ~clk;         // 10 ns period (test_memstream.PERIOD_NS)
+
     localparam integer DEPTH = 1 << DEPTH_LOG2;
     localparam integer LAYERS = 1 << LAYERS_LOG2;
     localparam integer BINS = 32;     // per layer: section*6 + position*2 + event
@@ -80,13 +86,27 @@ module ssvq_memstream_tb #(
     reg  [BUS-1:0] i_data = 0;
     wire i_ready;
     reg  o_ready = 0;
-    wire o_valid;
+    wire o_valid /*verilator public_flat_rd*/;
     wire [BUS-1:0] o_data;
-    wire busy;
-    wire [31:0] c_cycles, c_stall, c_header, c_codebook, c_params, c_acts, c_weights, c_out;
+    wire busy /*verilator public_flat_rd*/;
+    wire [31:0] c_cycles /*verilator public_flat_rd*/;
+    wire [31:0] c_stall /*verilator public_flat_rd*/;
+    wire [31:0] c_header /*verilator public_flat_rd*/;
+    wire [31:0] c_codebook /*verilator public_flat_rd*/;
+    wire [31:0] c_params /*verilator public_flat_rd*/;
+    wire [31:0] c_acts /*verilator public_flat_rd*/;
+    wire [31:0] c_weights /*verilator public_flat_rd*/;
+    wire [31:0] c_out /*verilator public_flat_rd*/;
+
+
+    // rst from cocotb, registered: the DUT's combinational logic then depends on
+    // registers only, so Verilator evaluates it once per clock edge instead of on
+    // every change of a top-level input (twice as fast). Reset is synchronous anyway.
+    reg rst_q /*verilator public_flat_rd*/ = 1;
+    always @(posedge clk) rst_q <= rst;
 
     ssvq_accel dut (
-        .clk(clk), .rst(rst),
+        .clk(clk), .rst(rst_q),
         .i_stream__payload(i_data), .i_stream__valid(i_valid), .i_stream__ready(i_ready),
         .o_stream__payload(o_data), .o_stream__valid(o_valid), .o_stream__ready(o_ready),
         .busy(busy),
@@ -121,8 +141,8 @@ module ssvq_memstream_tb #(
     wire bp_draw = lfsr_out[15:0] < out_bp_thr;
 
     // ------------------------------------------------------------------ source
-    wire i_fire = i_valid & i_ready & ~rst;
-    wire o_fire = o_valid & o_ready & ~rst;
+    wire i_fire = i_valid & i_ready & ~rst_q;
+    wire o_fire = o_valid & o_ready & ~rst_q;
     wire [95:0] cur = tab[src_layer[LAYERS_LOG2-1:0]];
     wire last_of_layer = i_fire && (src_pos + 1 == cur[63:32]);
     wire [LAYERS_LOG2:0] nx_layer = last_of_layer ? src_layer + 1 : src_layer;
@@ -144,7 +164,7 @@ module ssvq_memstream_tb #(
         lfsr_in <= seed_load ? (in_seed == 0 ? 32'h1 : in_seed) : lfsr_step(lfsr_in);
         lfsr_out <= seed_load ? (out_seed == 0 ? 32'h1 : out_seed) : lfsr_step(lfsr_out);
         gap_now <= 0;
-        if (rst) begin
+        if (rst_q) begin
             // a stream interrupted by reset is abandoned; the next layer starts clean
             i_valid <= 0;
             armed <= 0;
@@ -206,9 +226,10 @@ module ssvq_memstream_tb #(
     always @(posedge clk) begin
         o_ready <= !force_bp && !bp_draw;
         snap <= 0;
-        if (!rst && o_valid && !o_ready && !o_fire) bp_seen <= 1;
+        // back-pressure while the next beat is offered or withheld by a gap
+        if (!rst_q && o_valid && !o_ready && (i_valid || gap_now)) bp_seen <= 1;
         if (i_fire) bp_seen <= 0;
-        if (rst) begin
+        if (rst_q) begin
             in_window <= 0;
             bp_seen <= 0;
             if (inflight) begin
