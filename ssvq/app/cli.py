@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the ~3-bit group): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
                    "ssvq-k256-d8-reassign, int8, int4, int3")
     q.add_argument("--out", help="report folder (default reports/quality-<model>)")
-    q.set_defaults(func=_cmd("ssvq.app.quality", "quality_cmd"))
+    q.set_defaults(func=_cmd("ssvq.app.quality.command", "quality_cmd"))
 
     y = sub.add_parser("synth", help="FPGA synthesis (yosys + nextpnr-ecp5)")
     y.add_argument("--config", help="accelerator build config JSON")
