@@ -7,7 +7,9 @@ signed K x D codebook C on the 8-bit grid (cb_scale = max|C| / 127,
 straight-through rounding, as VQLinear) and per-row scales s = exp(log_scale).
 Every D-vector x of t is assigned by cosine similarity, hard top-1:
 
-    j = argmax_j  x . Cq_j / |Cq_j|          (|x| is common to all j)
+    j = argmax_j  x . Cq_j / |Cq_j|          (|x| is common to all j;
+                                              |x . Cq_j| / |Cq_j| when the
+                                              coefficient can be negative)
 
 and reconstructed as the chosen codeword scaled onto the vector, the
 projection x . Cq_j / |Cq_j|^2, rounded to an integer coefficient
@@ -21,9 +23,9 @@ free per-vector scale; it does have per-vector signed coefficients
 (LayerConfig coef_bits), so the projection scale becomes a coef_bits-bit
 coefficient and the image is exactly what training computes:
 W = s * a * Cq[j] = row_scale * cb_scale * (coef * codeword). Coefficients
-use the range -(2^(c-1)-1) .. 2^(c-1) (the projection onto the most similar
-codeword is >= 0, so the larger half of the signed range goes to positive
-values; the image stores the codebook and the coefficients negated, as
+use the range -(2^(c-1)-1) .. 2^(c-1) (with c >= 2 a negative coefficient
+makes -Cq_j a codeword too, so the top-1 is taken over the 2K directions +-Cq_j,
+by |cosine|; the larger half of the signed range goes to positive values; the image stores the codebook and the coefficients negated, as
 compress.quantize does, leaving every product unchanged).
 
 Gradients: straight-through to the latents (d x_hat / d x := I, so
@@ -89,15 +91,18 @@ class CosVQ(SpecDict):
 def cosine_assign(x: torch.Tensor, cq: torch.Tensor, lo: int, hi: int,
                   chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard top-1 cosine assignment of vectors x (n, d) to codewords cq (k, d)
-    and the rounded projection coefficient in lo..hi. Zero codewords are never
-    chosen unless all are zero (then a = 0)."""
+    and the rounded projection coefficient in lo..hi. With a coefficient range
+    of both signs (lo < 0) -cq_j is a codeword too, so the score is |cosine|;
+    zero codewords are never chosen unless all are zero (then a = 0)."""
     nn2 = (cq * cq).sum(1)
     inv = torch.where(nn2 > 0, nn2.rsqrt(), torch.zeros_like(nn2))
     codes = torch.empty(len(x), dtype=torch.int64)
     coefs = torch.empty(len(x), dtype=torch.int64)
     for i in range(0, len(x), chunk):
         dot = x[i:i + chunk] @ cq.T                                  # (n, k)
-        score = torch.where(nn2 > 0, dot * inv, torch.full_like(dot, -torch.inf))
+        cos = dot * inv
+        score = torch.where(nn2 > 0, cos.abs() if lo < 0 else cos,
+                            torch.full_like(dot, -torch.inf))
         j = score.argmax(1)
         dj = dot.gather(1, j[:, None])[:, 0]
         proj = torch.where(nn2[j] > 0, dj / torch.where(nn2[j] > 0, nn2[j], 1.0),

@@ -30,7 +30,8 @@ def _grid(c):
 
 
 def _brute_assign(x, cq, lo, hi):
-    """Every codeword's cosine, then the rounded projection of the best."""
+    """Every codeword's cosine (and its negative's, when coefficients can be
+    negative), then the rounded projection onto the best."""
     codes, coefs = [], []
     for v in x:
         best, bj = -np.inf, 0
@@ -39,6 +40,8 @@ def _brute_assign(x, cq, lo, hi):
             if n == 0:
                 continue
             cos = v @ c / (n * max(np.linalg.norm(v), 1e-300))
+            if lo < 0:
+                cos = abs(cos)
             if cos > best:
                 best, bj = cos, j
         c = cq[bj]

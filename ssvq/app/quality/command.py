@@ -16,10 +16,16 @@ def quality_cmd(args) -> int:
     budget = float(getattr(args, "budget_minutes", 25.0))
     if budget <= 0:
         raise UserError(f"--budget-minutes: expected a positive number, found {budget}")
-    if args.model == "digits":
-        if getattr(args, "methods", None):
-            raise UserError("--methods: only for --model minilm (the digits run trains every "
-                            "row in a few minutes)")
+    methods = getattr(args, "methods", None)
+    if args.model == "digits" and methods:
+        from ssvq.app.quality.methods import check_methods
+        names = check_methods([m for arg in methods for m in arg.split(",") if m])
+        row_seconds = float(getattr(args, "row_seconds", None) or 20.0)
+        if row_seconds <= 0:
+            raise UserError(f"--row-seconds: expected a positive number, found {row_seconds}")
+        out.mkdir(parents=True, exist_ok=True)
+        res = digits.run_digits_methods(out, names, row_seconds)
+    elif args.model == "digits":
         out.mkdir(parents=True, exist_ok=True)
         res = digits.run_digits(out, budget)
     else:

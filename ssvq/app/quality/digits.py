@@ -293,3 +293,88 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
                   "to 0 at 80%, where every sign freezes).", "",
                   "![sign freezing](sign_freezing.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+# ================================================================== --methods
+def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: int = 0) -> dict:
+    """fp32, then every configuration of each named method (quality.methods):
+    its initialisation (post-training) and the model trained for row_seconds
+    of wall-clock time, each measured on its exported images."""
+    from compress.models import accuracy, digits_data, load_model
+    from ssvq.app.quality.methods import METHODS
+    t_all = time.perf_counter()
+    lm = load_model("digits")
+    base = lm.module
+    xtr, ytr, xte, yte = digits_data()
+    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    threads = set_threads()
+    say(f"digits --methods {','.join(methods)}: {row_seconds:g} s of training per trained "
+        f"row, {threads} thread(s)")
+    rows = [{"method": "fp32", "config": "", "bits_per_weight": 32.0, "trained": False,
+             "accuracy": accuracy(base, xte, yte), "seconds": 0.0}]
+
+    def batches(i, bs=64):
+        g = torch.Generator().manual_seed(seed * 1000003 + i)
+        idx = torch.randint(0, len(X), (bs,), generator=g)
+        return X[idx], Y[idx]
+
+    def measure(qm, row):
+        row["accuracy"] = accuracy(qm.to_float(), xte, yte)
+        calib = qm.capture(lambda m: m(X))
+        imgs = qm.export(calib)
+        row.update(bits_per_weight=qm.bits()["bits_per_weight"],
+                   accuracy_int8_act=digits_int_accuracy(imgs, xte, yte),
+                   images_round_trip=check_images(imgs, calib),
+                   configs=sorted({im.config.name for im in imgs}))
+        for name, q in qm.qlayers.items():
+            if hasattr(q, "codewords_used"):
+                row.setdefault("codewords_used", {})[name] = q.codewords_used()
+        return imgs
+
+    for method in methods:
+        for label, make, lrs in METHODS[method]:
+            spec = make(seed)
+            t0 = time.perf_counter()
+            qm = QuantizedModel(base, spec)
+            row = {"method": method, "config": label, "trained": False, "spec": spec.to_dict()}
+            measure(qm, row)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            _say_row(row)
+            t0 = time.perf_counter()
+            torch.manual_seed(seed)
+            res = fit(qm, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), batches,
+                      budget_s=row_seconds, lr=1e-3, lr_groups=lrs, progress=None)
+            row = {"method": method, "config": label, "trained": True, "spec": spec.to_dict(),
+                   "steps": res.steps, "train_seconds": res.seconds}
+            imgs = measure(qm, row)
+            d = out / "images" / f"{method}-{label.replace(' ', '-').replace('=', '')}"
+            qm.write_images(d, qm.capture(lambda m: m(X)), meta={"model": "digits"})
+            row["images"] = str(d.relative_to(out))
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            _say_row(row)
+            del imgs
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(
+        {"model": "digits", "methods": methods, "row_seconds": row_seconds, "threads": threads,
+         "rows": rows}, indent=1, default=float))
+    cols = ["method", "config", "trained", "bits_per_weight", "accuracy", "accuracy_int8_act",
+            "steps", "images_round_trip", "seconds"]
+    lines = ["# digits: training methods at equal wall-clock budget", "",
+             f"Every trained row: {row_seconds:g} s of compress.train.fit (Adam, cosine "
+             f"learning rate, batches of 64) from its post-training initialisation (the "
+             f"untrained row above it), on {threads} thread(s); `steps` is what that budget "
+             f"allowed. Accuracy on the exported images' dequantized weights (float "
+             f"activations) and through ssvq.reference with int8 activations; "
+             f"bits/weight as the images stream them. Total {time.perf_counter() - t_all:.0f} s.",
+             "", table(rows, cols), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return {"rows": rows}
+
+
+def _say_row(row):
+    say(f"  {row['method']:6s} {row.get('config', ''):12s} trained={str(row['trained']):5s} "
+        f"bits/weight {row['bits_per_weight']:6.3f}  accuracy {row['accuracy']:.4f}  "
+        f"int8-act {row['accuracy_int8_act']:.4f}"
+        + (f"  steps {row['steps']}" if "steps" in row else "") + f"  ({row['seconds']:.1f}s)")
