@@ -240,9 +240,10 @@ class QuantLinear(nn.Module):
         (re-assignment, projection) override it."""
         return {}
 
-    def size_penalty(self) -> torch.Tensor | None:
+    def size_penalty(self, total_weights: int) -> torch.Tensor | None:
         """A differentiable term fit() adds to the loss (DiffQ's model size),
-        already weighted; None for methods without one."""
+        already weighted, total_weights being the model's quantized weights;
+        None for methods without one."""
         return None
 
     def image_fields(self) -> tuple[LayerConfig, dict, np.ndarray, float]:
@@ -567,7 +568,8 @@ class QuantizedModel(nn.Module):
 
     def size_penalty(self) -> torch.Tensor | None:
         """The sum of the layers' size penalties (None if no layer has one)."""
-        terms = [t for t in (q.size_penalty() for q in self._q.values()) if t is not None]
+        n = sum(q.in_features * q.out_features for q in self._q.values())
+        terms = [t for t in (q.size_penalty(n) for q in self._q.values()) if t is not None]
         return sum(terms) if terms else None
 
     # -------- size

@@ -9,6 +9,7 @@ existing QAT layers at the same budget.
 from __future__ import annotations
 
 from compress.cosvq import CosVQ
+from compress.diffq import DiffQ
 from compress.dkm import DKM
 from compress.train import SSVQ, VQ, Uniform
 
@@ -22,6 +23,11 @@ METHODS = {
     "dkm": [("K=64 D=4", lambda s: DKM(k=64, d=4, seed=s), LATENT),
             ("K=16 D=4", lambda s: DKM(k=16, d=4, seed=s), LATENT),
             ("K=256 D=8", lambda s: DKM(k=256, d=8, seed=s), LATENT)],
+    # size penalty per mean bit/weight; bit logits learn fast (DiffQ's own recipe
+    # gives them a separate, larger rate)
+    "diffq": [("penalty=0.003", lambda s: DiffQ(penalty=3e-3, seed=s), {"bits_lr": 5e-2}),
+              ("penalty=0.01", lambda s: DiffQ(penalty=1e-2, seed=s), {"bits_lr": 5e-2}),
+              ("penalty=0.03", lambda s: DiffQ(penalty=3e-2, seed=s), {"bits_lr": 5e-2})],
     "vq": [("K=64 D=4", lambda s: VQ(k=64, d=4, seed=s), {}),
            ("K=16 D=4", lambda s: VQ(k=16, d=4, seed=s), {})],
     "ssvq": [("K=8 D=4", lambda s: SSVQ(k=8, d=4, seed=s), {"latent_lr": 3e-2})],
