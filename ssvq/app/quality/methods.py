@@ -11,6 +11,7 @@ from __future__ import annotations
 from compress.cosvq import CosVQ
 from compress.diffq import DiffQ
 from compress.dkm import DKM
+from compress.lr2vq import LR2VQ
 from compress.train import SSVQ, VQ, Uniform
 
 # learning rates: the latents of cosvq and dkm are in units of the row scale
@@ -28,6 +29,9 @@ METHODS = {
     "diffq": [("penalty=0.003", lambda s: DiffQ(penalty=3e-3, seed=s), {"bits_lr": 5e-2}),
               ("penalty=0.01", lambda s: DiffQ(penalty=1e-2, seed=s), {"bits_lr": 5e-2}),
               ("penalty=0.03", lambda s: DiffQ(penalty=3e-2, seed=s), {"bits_lr": 5e-2})],
+    # one codebook size, several ranks: the rank estimate against measurements
+    "lr2vq": [(f"K=64 D=8 r={r}", (lambda r: lambda s: LR2VQ(k=64, d=8, rank=r, seed=s))(r), {})
+              for r in (2, 4, 6, 8)],
     "vq": [("K=64 D=4", lambda s: VQ(k=64, d=4, seed=s), {}),
            ("K=16 D=4", lambda s: VQ(k=16, d=4, seed=s), {})],
     "ssvq": [("K=8 D=4", lambda s: SSVQ(k=8, d=4, seed=s), {"latent_lr": 3e-2})],
