@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the ~3-bit group): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
                    "ssvq-k256-d8-reassign, int8, int4, int3. digits: run only these "
                    "training methods (comma or space separated; ssvq.app.quality.methods: "
-                   "cosvq, dkm, diffq, lr2vq, vq, ssvq, int4), each configuration trained "
+                   "cosvq, dkm, diffq, lr2vq, qsd, vq, ssvq, int4), each configuration trained "
                    "for --row-seconds")
     q.add_argument("--row-seconds", type=float,
                    help="digits --methods: wall-clock training seconds of every trained row "

@@ -12,6 +12,7 @@ from compress.cosvq import CosVQ
 from compress.diffq import DiffQ
 from compress.dkm import DKM
 from compress.lr2vq import LR2VQ
+from compress.qsd import QSD
 from compress.train import SSVQ, VQ, Uniform
 
 # learning rates: the latents of cosvq and dkm are in units of the row scale
@@ -32,6 +33,11 @@ METHODS = {
     # one codebook size, several ranks: the rank estimate against measurements
     "lr2vq": [(f"K=64 D=8 r={r}", (lambda r: lambda s: LR2VQ(k=64, d=8, rank=r, seed=s))(r), {})
               for r in (2, 4, 6, 8)],
+    # B is integer after every projection: a step moves an entry only when it
+    # crosses a rounding boundary, so its rate is large
+    "qsd": [("K=8 D=8 m2 c2", lambda s: QSD(k=8, d=8, coef_bits=2, seed=s), {"latent_lr": 0.3}),
+            ("K=16 D=8 m2 c4", lambda s: QSD(k=16, d=8, coef_bits=4, seed=s),
+             {"latent_lr": 0.3})],
     "vq": [("K=64 D=4", lambda s: VQ(k=64, d=4, seed=s), {}),
            ("K=16 D=4", lambda s: VQ(k=16, d=4, seed=s), {})],
     "ssvq": [("K=8 D=4", lambda s: SSVQ(k=8, d=4, seed=s), {"latent_lr": 3e-2})],
