@@ -86,8 +86,27 @@ METHODS = ("ssvq", "vq") + tuple(UNIFORM)
 
 
 # ------------------------------------------------------------------ specs
+class SpecDict:
+    """to_dict / from_dict of a frozen spec dataclass: every field (the
+    training recipe, stored in the manifest of trained images)."""
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str | None = None):
+        where = where or cls.__name__
+        known = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected an object, found {type(d).__name__}")
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; expected one of {known}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class QuantSpec:
+class QuantSpec(SpecDict):
     """How one layer is quantized and trained.
 
     method: ssvq | vq | int2 .. int6 | int8. k, d: codebook entries and vector
@@ -124,26 +143,17 @@ class QuantSpec:
     def bits(self) -> int | None:
         return UNIFORM.get(self.method)
 
+    def layer_class(self) -> type:
+        """The QuantLinear this spec trains (every spec type names its own, so
+        QuantizedModel needs no list of methods)."""
+        return LAYER_TYPES[self.method]
+
     @property
     def layer_config(self) -> LayerConfig:
         """The image configuration this spec exports."""
         if self.method in UNIFORM:
             return LayerConfig("int", bits=UNIFORM[self.method])
         return LayerConfig(self.method, k=self.k, d=self.d, m=1, coef_bits=0)
-
-    def to_dict(self) -> dict:
-        """Every field (the training recipe, stored in the manifest of trained images)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "QuantSpec") -> "QuantSpec":
-        known = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected an object, found {type(d).__name__}")
-        unknown = [k for k in d if k not in known]
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; expected one of {known}")
-        return cls(**d)
 
 
 def SSVQ(k: int = 256, d: int = 8, **kw) -> QuantSpec:
@@ -214,10 +224,27 @@ class QuantLinear(nn.Module):
     def groups(self) -> dict[str, list[nn.Parameter]]:
         raise NotImplementedError
 
+    def export_config(self) -> LayerConfig:
+        """The LayerConfig the layer exports now (a method that learns its
+        width, DiffQ, overrides it)."""
+        return self.spec.layer_config
+
     def bits(self, mults: int = 32, bus: int = 64) -> int:
         """Bits the exported image streams (compress.quantize.layer_bits)."""
-        return layer_bits(self.spec.layer_config, self.out_features, self.in_features, mults,
+        return layer_bits(self.export_config(), self.out_features, self.in_features, mults,
                           bus)["total"]
+
+    def after_step(self, step: int, progress: float | None) -> dict:
+        """Bookkeeping after an optimizer step (QuantizedModel.step); returns
+        numbers for the training log. Methods with a rule between steps
+        (re-assignment, projection) override it."""
+        return {}
+
+    def size_penalty(self, total_weights: int) -> torch.Tensor | None:
+        """A differentiable term fit() adds to the loss (DiffQ's model size),
+        already weighted, total_weights being the model's quantized weights;
+        None for methods without one."""
+        return None
 
     def image_fields(self) -> tuple[LayerConfig, dict, np.ndarray, float]:
         """(layer config, integer fields, row_scale float64 (rows,), cb_scale)."""
@@ -451,7 +478,7 @@ class QuantizedModel(nn.Module):
                 self.skipped.append(name)
                 continue
             t = time.perf_counter()
-            q = LAYER_TYPES[s.method](lin, s, name)
+            q = s.layer_class()(lin, s, name)
             _set_submodule(self.model, name, q)
             self._q[name] = q
             if progress:
@@ -468,21 +495,27 @@ class QuantizedModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
-    def param_groups(self, lr: float = 1e-3, *, latent_lr: float | None = None,
-                     codebook_lr: float | None = None, scale_lr: float | None = None,
-                     shadow_lr: float | None = None, other_lr: float | None = None,
-                     train_other: bool | Callable[[str, nn.Parameter], bool] = True) -> list[dict]:
+    def param_groups(self, lr: float = 1e-3, *,
+                     train_other: bool | Callable[[str, nn.Parameter], bool] = True,
+                     **group_lrs: float | None) -> list[dict]:
         """Optimizer parameter groups (each with a "name"): latent, codebook,
-        scale, shadow (uniform QAT weights) and other (every remaining
-        parameter of the model for which train_other says yes)."""
-        lrs = {"latent": latent_lr, "codebook": codebook_lr, "scale": scale_lr,
-               "shadow": shadow_lr, "other": other_lr}
-        groups: dict[str, list] = {k: [] for k in lrs}
+        scale, shadow (uniform QAT weights), those other methods name (bits:
+        DiffQ's bit logits, map: LR2VQ's projection) and other (every
+        remaining parameter of the model for which train_other says yes).
+        `<group>_lr=` sets a group's learning rate (default lr)."""
+        lrs = {}
+        for key, v in group_lrs.items():
+            if not key.endswith("_lr"):
+                raise TypeError(f"param_groups: unexpected keyword {key!r} (expected <group>_lr)")
+            lrs[key[:-3]] = v
+        groups: dict[str, list] = {k: [] for k in ("latent", "codebook", "scale", "shadow")}
         seen = set()
         for q in self._q.values():
             for g, ps in q.groups().items():
+                groups.setdefault(g, [])
                 groups[g] += ps
                 seen.update(id(p) for p in ps)
+        groups["other"] = []
         for n, p in self.model.named_parameters():
             if id(p) in seen or not p.requires_grad:
                 continue
@@ -491,7 +524,7 @@ class QuantizedModel(nn.Module):
                 groups["other"].append(p)
             else:
                 p.requires_grad_(False)
-        return [{"params": ps, "lr": lrs[g] if lrs[g] is not None else lr, "name": g}
+        return [{"params": ps, "lr": lrs[g] if lrs.get(g) is not None else lr, "name": g}
                 for g, ps in groups.items() if ps]
 
     # -------- schedule
@@ -524,11 +557,20 @@ class QuantizedModel(nn.Module):
                 frozen += int(q.frozen.sum())
                 signs += q.frozen.numel()
         rec = {"step": self.global_step, "progress": p}
+        for q in self._q.values():
+            for k, v in q.after_step(self.global_step, p).items():
+                rec[k] = rec.get(k, 0) + v
         if signs:
             rec.update(flip_rate=flips / signs, frozen_fraction=frozen / signs,
                        newly_frozen=newly, codes_changed=changed)
         self.history.append(rec)
         return rec
+
+    def size_penalty(self) -> torch.Tensor | None:
+        """The sum of the layers' size penalties (None if no layer has one)."""
+        n = sum(q.in_features * q.out_features for q in self._q.values())
+        terms = [t for t in (q.size_penalty(n) for q in self._q.values()) if t is not None]
+        return sum(terms) if terms else None
 
     # -------- size
     def bits(self, mults: int = 32, bus: int = 64, float_bits: int = 32) -> dict:
@@ -666,6 +708,9 @@ def fit(qm: QuantizedModel, loss_fn: Callable[[nn.Module, object], torch.Tensor]
         for g, b in zip(opt.param_groups, base):
             g["lr"] = b * f
         loss = loss_fn(qm, get(step))
+        pen = qm.size_penalty()
+        if pen is not None:
+            loss = loss + pen
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

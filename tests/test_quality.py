@@ -6,7 +6,7 @@ import random
 import pytest
 
 from ssvq.app.cli import main
-from ssvq.app.quality import pareto_front, verdict
+from ssvq.app.quality.pareto import pareto_front, verdict
 
 
 def _front_by_sweep(rows, metric):
@@ -75,7 +75,7 @@ def test_methods_error_names_the_choices(tmp_path, capsys):
 
 @pytest.mark.parametrize("field", ["images_round_trip", "rtl_bit_exact"])
 def test_a_failed_bit_exactness_check_fails_the_command(tmp_path, monkeypatch, capsys, field):
-    import ssvq.app.quality as q
+    import ssvq.app.quality.digits as q
     rows = [dict(method="fp32", config=""), dict(method="ssvq", config="K=8 D=4",
                                                  images_round_trip=True, rtl_bit_exact=True)]
     monkeypatch.setattr(q, "run_digits", lambda out, budget: {"rows": rows})
@@ -86,17 +86,17 @@ def test_a_failed_bit_exactness_check_fails_the_command(tmp_path, monkeypatch, c
 
 
 def test_image_check_catches_a_stream_that_decodes_differently(monkeypatch):
-    """_check_images packs and unpacks every image; a packer that drops a bit is seen."""
+    """check_images packs and unpacks every image; a packer that drops a bit is seen."""
     import numpy as np
 
-    import ssvq.app.quality as q
+    import ssvq.app.quality.checks as q
     from compress.quantize import quantize_layer
     from ssvq.config import LayerConfig
     rng = np.random.default_rng(0)
     w = rng.standard_normal((20, 40)).astype(np.float32)
     x = rng.standard_normal((50, 40)).astype(np.float32)
     imgs = [quantize_layer("a", w, None, x, LayerConfig.parse(n)) for n in ("int4",)]
-    assert q._check_images(imgs, {"a": x})
+    assert q.check_images(imgs, {"a": x})
     real_pack = q.pack_layer
 
     def bad_pack(img, cfg):
@@ -107,4 +107,4 @@ def test_image_check_catches_a_stream_that_decodes_differently(monkeypatch):
         return beats, sec
     monkeypatch.setattr(q, "pack_layer", bad_pack)
     imgs[0].act = np.full(40, 100, np.int8)
-    assert not q._check_images(imgs, {"a": x})
+    assert not q.check_images(imgs, {"a": x})

@@ -95,9 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--methods", nargs="*", metavar="METHOD",
                    help="MiniLM: train only these (each for the full budget unless it is one "
                    "of the ~3-bit group): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
-                   "ssvq-k256-d8-reassign, int8, int4, int3")
+                   "ssvq-k256-d8-reassign, int8, int4, int3. digits: run only these "
+                   "training methods (comma or space separated; ssvq.app.quality.methods: "
+                   "cosvq, dkm, diffq, lr2vq, qsd, vq, ssvq, int4), each configuration trained "
+                   "for --row-seconds")
+    q.add_argument("--row-seconds", type=float,
+                   help="digits --methods: wall-clock training seconds of every trained row "
+                   "(default 20; equal for all rows)")
     q.add_argument("--out", help="report folder (default reports/quality-<model>)")
-    q.set_defaults(func=_cmd("ssvq.app.quality", "quality_cmd"))
+    q.set_defaults(func=_cmd("ssvq.app.quality.command", "quality_cmd"))
 
     y = sub.add_parser("synth", help="FPGA synthesis (yosys + nextpnr-ecp5)")
     y.add_argument("--config", help="accelerator build config JSON")

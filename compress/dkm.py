@@ -1,0 +1,140 @@
+"""Differentiable k-means clustering of weights (method "dkm", after DKM,
+arXiv 2108.12659), exported as a plain VQ image.
+
+Per layer: latent weights t (rows x cols, in units of a learnable per-row
+scale s) cut into D-vectors x_i, and K centroids C kept between steps (a
+buffer: they are a function of the weights, not free parameters). In every
+training forward pass, starting from the centroids of the previous pass:
+
+    A_ij = softmax_j(-|x_i - C_j|^2 / tau)          (attention to codewords)
+    C_j  = sum_i A_ij x_i / sum_i A_ij              (the k-means-like update)
+
+repeated `iters` times (the paper iterates to convergence; a few warm-started
+iterations per step converge as the weights move slowly), gradients flowing
+through every iteration to the weights. The weight is the attention-weighted
+average of the final centroids on the 8-bit grid, x_hat_i = sum_j A_ij Cq_j,
+and W = s * x_hat. tau = temperature x the mean squared distance of the
+vectors to their nearest centroid at initialisation (a scale-free setting:
+the weights' units do not matter).
+
+Outside training (eval mode, to_float, export) the assignment is hard: every
+vector takes its nearest 8-bit centroid, the image a vq-k<K>-d<D> layer, so
+the evaluated model is the exported one. Initialisation: compress.quantize's
+post-training VQ of the same config (k-means, least-squares row scales).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.quantize import quantize_weights
+from compress.train import QuantLinear, SpecDict, _cb_scale
+from compress.vectors import from_vectors, to_vectors
+from ssvq.config import LayerConfig
+from ssvq.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DKM(SpecDict):
+    method: ClassVar[str] = "dkm"
+    k: int = 16
+    d: int = 4
+    temperature: float = 0.1
+    iters: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ConfigError(f"DKM: temperature: expected > 0, found {self.temperature}")
+        if self.iters < 0:
+            raise ConfigError(f"DKM: iters: expected >= 0, found {self.iters}")
+        self.layer_config
+
+    @property
+    def layer_config(self) -> LayerConfig:
+        return LayerConfig("vq", k=self.k, d=self.d, m=1, coef_bits=0)
+
+    def layer_class(self) -> type:
+        return DKMLinear
+
+
+def sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """|x_i - c_j|^2, (n, k), clamped at 0 against cancellation."""
+    return ((x * x).sum(1, keepdim=True) - 2.0 * x @ c.T + (c * c).sum(1)[None]).clamp_min(0.0)
+
+
+def attention(x: torch.Tensor, c: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+    return torch.softmax(-sq_dist(x, c) / tau, dim=1)
+
+
+def dkm_update(x: torch.Tensor, c: torch.Tensor, tau, iters: int) -> torch.Tensor:
+    """`iters` differentiable k-means steps from centroids c; a centroid with
+    (numerically) no attention keeps its place."""
+    for _ in range(iters):
+        a = attention(x, c, tau)
+        mass = a.sum(0)
+        new = (a.T @ x) / mass.clamp_min(1e-12)[:, None]
+        c = torch.where((mass > 1e-12)[:, None], new, c)
+    return c
+
+
+def grid(c: torch.Tensor) -> torch.Tensor:
+    """Centroids on the signed 8-bit grid, straight-through."""
+    cs = _cb_scale(c, True)
+    return c + (torch.round(c / cs) * cs - c).detach()
+
+
+class DKMLinear(QuantLinear):
+    method = "dkm"
+
+    def __init__(self, linear: nn.Linear, spec: DKM, name: str):
+        super().__init__(linear, spec, name)
+        w = linear.weight.detach().float().cpu().numpy()
+        fields, rs, cs = quantize_weights(w, spec.layer_config, seed=spec.seed, name=name)
+        self.register_buffer("centroids", torch.from_numpy(
+            np.asarray(fields["codebook"], np.float32) * np.float32(cs)))
+        self.log_scale = nn.Parameter(torch.from_numpy(np.log(rs).astype(np.float32)))
+        self.latent = nn.Parameter(torch.from_numpy(w / rs[:, None].astype(np.float32)))
+        with torch.no_grad():
+            x = to_vectors(self.latent, spec.d)
+            near = sq_dist(x, self.centroids).min(1).values.mean()
+        tau = spec.temperature * float(near) if float(near) > 0 else spec.temperature
+        self.register_buffer("tau", torch.tensor(tau, dtype=torch.float32))
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def vectors(self) -> torch.Tensor:
+        return to_vectors(self.latent, self.spec.d)
+
+    @torch.no_grad()
+    def hard_codes(self) -> torch.Tensor:
+        """Each vector's nearest 8-bit centroid (eval and export)."""
+        return sq_dist(self.vectors(), grid(self.centroids)).argmin(1)
+
+    def weight_q(self) -> torch.Tensor:
+        x = self.vectors()
+        if self.training:
+            c = dkm_update(x, self.centroids.clone(), self.tau, self.spec.iters)
+            with torch.no_grad():
+                self.centroids.copy_(c)
+            cq = grid(c)
+            rec = attention(x, cq, self.tau) @ cq
+        else:
+            rec = grid(self.centroids)[self.hard_codes()]
+        return from_vectors(rec, self.out_features, self.in_features) * self.scale()[:, None]
+
+    def groups(self):
+        return {"latent": [self.latent], "scale": [self.log_scale]}
+
+    def image_fields(self):
+        with torch.no_grad():
+            cs = _cb_scale(self.centroids, True)
+            q = torch.round(self.centroids / cs).clamp(-127, 127).to(torch.int64).numpy()
+            codes = self.hard_codes().reshape(self.out_features, -1).numpy()
+        fields = {"codebook": q.astype(np.int8), "codes": codes.astype(np.int32)[:, :, None]}
+        return self.spec.layer_config, fields, self.scale().detach().double().numpy(), float(cs)
