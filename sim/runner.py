@@ -437,7 +437,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                     stall_prob=0.0, latency=0, out_dir="build/sim/out", progress=print,
                     build_root="build/sim", prepared=None, overlap=False,
                     build_cfg=None, stimulus="memstream", stall_prob_in=None,
-                    stall_prob_out=None, waves=False) -> dict:
+                    stall_prob_out=None, waves=False, resets=None, verilog=None) -> dict:
     """Checks the images, computes golden results, builds the RTL, runs all
     requested layers in one simulator run, and writes
     out_dir/<layer dir>/result.json + outputs.npy and out_dir/sim_summary.json.
@@ -466,7 +466,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     from sim.stimulus import depth_log2
     depth = depth_log2(sum(len(b) for _, _, b, _, _ in prepared))
     bdir = build(cfg, simulator, build_root, progress=progress, stimulus=stimulus,
-                 depth_log2=depth)
+                 depth_log2=depth, verilog=verilog)
     build_s = time.perf_counter() - t0
     binfo = build_info(bdir)
     total_cycles = sum(l["counters"]["cycles"] for l in layers)
@@ -476,7 +476,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     results = run_job(cfg, layers, simulator, seed, stall_prob, latency, job_dir,
                       build_dir=bdir, progress=progress, overlap=overlap, stimulus=stimulus,
                       stall_prob_in=stall_prob_in, stall_prob_out=stall_prob_out,
-                      waves=waves)
+                      waves=waves, resets=resets)
     sim_s = time.perf_counter() - t1
     _check_chains(prepared, results, layers, progress)
     summary = {"images": str(Path(image_dir).resolve()), "config": cfg.to_dict(),
@@ -496,7 +496,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                    "name", "config", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",
                    "cycles_rtl", "cycles_model", "out_cycles_match", "counters_match",
                    "counters_rtl", "counters_model", "error", "wall_seconds",
-                   "input_matches_rtl")}
+                   "input_matches_rtl", "problems", "reset", "stall_tb", "stall_generated")}
                    | {"dir": str(Path(l["out_dir"]).relative_to(out_dir))}
                    for r, l in zip(results, layers)]}
     tmp = out_dir / "sim_summary.json.tmp"

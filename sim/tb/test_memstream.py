@@ -94,6 +94,7 @@ async def _reset_at(dut, layer: Layer, edge):
     ph = layer.reset
     i = layer.index
     ro = ReadOnly()
+    await edge          # the caller may be in a ReadOnly phase (a layer just ended)
     if ph in ("header", "codebook", "params", "acts", "weights"):
         first, n = layer.sections[ph]
         # header: after its first beat (so the header is half in, or being decoded);
