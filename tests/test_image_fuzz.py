@@ -1,0 +1,491 @@
+"""Property-based tests (hypothesis) of the image reader that `ssvq sim`
+(sim.runner.prepare_images) and `ssvq report` (sim.report.build_summary) share.
+
+A small valid image set is written once; every example copies it into a fresh
+temporary folder and damages one file: random byte edits, a truncation, or a
+mutation of the parsed manifest. Optionally the damage is "resealed" the way a
+careful forger would do it (file sizes and SHA-256 digests, stream.hex rewritten
+from stream.bin, the beat count and manifest_sha256 recomputed), so that the
+checks behind the digests (stream decoding, arrays.npz, manifest fields) are
+reached too. Then:
+
+* either both readers refuse the copy with an SsvqError whose message is one
+  line and names the image (its path) and the file of it at fault -- never any
+  other exception;
+* or a reader accepts it, and then every layer it decodes must equal, array for
+  array, the layer originally written in the folder it was read from, with the
+  same int8 outputs (anything else is a silent corruption). Without resealing,
+  acceptance is only allowed when the bytes of the layer files are unchanged and
+  the manifest's canonical content is the same.
+
+A subset also runs the real CLI in-process (`ssvq report` and `ssvq sim` with
+`--out`): exit status 2, one line on stderr, and the `--out` folder not created
+(or, when it existed, left byte for byte as it was).
+
+The examples are derandomized (reproducible in CI) and bounded so that the
+file runs in well under a minute on one core.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.report import build_summary
+from sim.runner import prepare_images
+from ssvq.app.cli import main
+from ssvq.config import AccelConfig
+from ssvq.errors import SsvqError
+from ssvq.image import ARRAYS, beats_to_hex, manifest_digest, write_images
+from ssvq.reference import outputs
+from tests.rtl_helpers import random_layer
+
+CFG = AccelConfig(kmax=16, d_set=(4, 8), mults=8, max_rows=64, max_cols=64)
+LAYER_FILES = ("stream.bin", "stream.hex", "arrays.npz")
+BPB = CFG.bus // 8
+
+
+def _n(examples: int) -> int:
+    """Examples per property; SSVQ_FUZZ_SCALE (default 1) multiplies them for a
+    longer exploratory run; SSVQ_FUZZ_RANDOM=1 draws fresh examples instead of the
+    fixed (derandomized) ones CI runs."""
+    return max(1, int(examples * float(os.environ.get("SSVQ_FUZZ_SCALE", "1"))))
+
+
+FUZZ = settings(deadline=None, derandomize=not os.environ.get("SSVQ_FUZZ_RANDOM"),
+                database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --------------------------------------------------------------- the base set
+def _layers():
+    rng = np.random.default_rng(7)
+    fc1 = random_layer("ssvq-k16-d4", 5, 11, rng, "fc1")
+    fc1.scales = {"w": np.linspace(0.5, 1.5, 5).astype(np.float32)}
+    fc2 = random_layer("int3", 3, 5, rng, "fc2")
+    fc3 = random_layer("vq-k16-d8-m2-c4", 4, 9, rng, "fc3")
+    # a chained pair: low.B (2 x 9) then low.A (6 x 2) on low.B's int8 outputs
+    b = random_layer("int4", 2, 9, rng, "low#B")
+    a = random_layer("int2", 6, 2, rng, "low#A")
+    a.act = outputs(b).astype(np.int8)
+    a.input_from = "low#B"
+    return [fc1, fc2, fc3, b, a]
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """(root, {dir: LayerImage as decoded from the valid set}, {dir: outputs},
+    {relative path: bytes}, manifest digest)."""
+    root = write_images(tmp_path_factory.mktemp("fuzz") / "img", CFG, _layers(),
+                        meta={"note": "fuzz base"})
+    imgs, _, prepared = prepare_images(root)
+    by_dir = {e["dir"]: (layer, y) for e, layer, _, y, _ in prepared}
+    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    return root, by_dir, files, json.loads((root / "manifest.json").read_text())
+
+
+def _rel_files(manifest):
+    return ["manifest.json"] + [f"{e['dir']}/{fn}" for e in manifest["layers"]
+                                for fn in LAYER_FILES]
+
+
+# ------------------------------------------------------------------ resealing
+def _reseal(root: Path, sync_hex: bool):
+    """What a forger does after editing: stream.hex rewritten from stream.bin (if
+    `sync_hex` and stream.bin is whole beats), the beat count, every size and digest
+    and manifest_sha256 recomputed. A manifest that no longer parses is left alone."""
+    mpath = root / "manifest.json"
+    try:
+        m = json.loads(mpath.read_bytes().decode("utf-8-sig"))
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(m, dict):
+        return
+    for e in m.get("layers") if isinstance(m.get("layers"), list) else []:
+        if not (isinstance(e, dict) and isinstance(e.get("dir"), str)
+                and isinstance(e.get("files"), dict)):
+            continue
+        d = root / e["dir"]
+        with contextlib.suppress(OSError, ValueError):
+            raw = (d / "stream.bin").read_bytes()
+            if sync_hex and len(raw) % BPB == 0:
+                beats = np.frombuffer(raw, np.uint8).reshape(-1, BPB)
+                (d / "stream.hex").write_text(beats_to_hex(beats))
+                e["beats"] = len(beats)
+        for fn in LAYER_FILES:
+            with contextlib.suppress(OSError, ValueError):
+                data = (d / fn).read_bytes()
+                e["files"][fn] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                  "bytes": len(data)}
+    m["manifest_sha256"] = manifest_digest(m)
+    mpath.write_text(json.dumps(m, indent=1))
+
+
+# ------------------------------------------------------------------- the oracle
+IMAGE_FILES = ("manifest.json", "stream.bin", "stream.hex", "arrays.npz")
+
+
+def _same_layer(a, b) -> str | None:
+    """None if the decoded layers agree in everything the stream carries."""
+    for f in ("config", "rows", "cols", "input_from"):
+        if getattr(a, f) != getattr(b, f):
+            return f"{f}: {getattr(a, f)!r} != {getattr(b, f)!r}"
+    for k in ARRAYS:
+        x, y = getattr(a, k), getattr(b, k)
+        if (x is None) != (y is None):
+            return f"{k}: present in one only"
+        if x is not None and not (x.shape == y.shape and x.dtype == y.dtype
+                                  and np.array_equal(x, y)):
+            return f"{k}: different"
+    return None
+
+
+def _check_error(e: BaseException, root: Path):
+    msg = str(e)
+    assert isinstance(e, SsvqError), f"{type(e).__name__} instead of SsvqError: {msg[:300]}"
+    assert "\n" not in msg and "\r" not in msg, f"message on several lines: {msg[:300]!r}"
+    assert str(root) in msg, f"message does not name the image: {msg[:300]}"
+    assert any(n in msg for n in IMAGE_FILES) or f"{root}/layers/" in msg, \
+        f"message names no file of the image: {msg[:300]}"
+
+
+def _check_accepted(decoded, base, strict: bool, root: Path):
+    """decoded: [(dir, LayerImage, outputs or None)] a reader returned."""
+    _, by_dir, files, man0 = base
+    for d, layer, y in decoded:
+        assert d in by_dir, f"accepted a layer from {d!r}, which held no layer"
+        orig, y0 = by_dir[d]
+        diff = _same_layer(layer, orig)
+        assert diff is None, f"silent corruption of the layer in {d}: {diff}"
+        if y is not None:
+            assert np.array_equal(y, y0), f"silent corruption: outputs of {d} differ"
+    if strict:      # nothing resealed: only the bytes of the layers' files as written
+        for d, _, _ in decoded:
+            for fn in LAYER_FILES:
+                rel = f"{d}/{fn}"
+                assert (root / rel).read_bytes() == files[rel], f"{rel} changed, accepted"
+        m = json.loads((root / "manifest.json").read_bytes().decode("utf-8-sig"))
+        assert manifest_digest(m) == man0["manifest_sha256"], "edited manifest accepted"
+
+
+def _sim_reader(root):
+    imgs, _, prepared = prepare_images(root)
+    return [(e["dir"], layer, y) for e, layer, _, y, _ in prepared]
+
+
+def _report_reader(root):
+    s = build_summary(root)
+    # build_summary decoded every layer with ImageSet.layer; decode again for the oracle
+    from ssvq.image import read_images
+    imgs = read_images(root)
+    return [(imgs.entry(r["name"])["dir"], imgs.layer(r["name"]), None) for r in s["layers"]]
+
+
+def _run_cli(argv):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = main(argv)
+        except SystemExit as e:         # argparse
+            rc = e.code
+    return rc, err.getvalue()
+
+
+def _tree(p: Path):
+    return sorted((str(x.relative_to(p)), x.read_bytes() if x.is_file() else None)
+                  for x in p.rglob("*"))
+
+
+def _check_cli(root: Path, work: Path, existing_out: bool):
+    """The real commands on a copy both readers refused: exit 2, one stderr line
+    naming the image, and no output left behind."""
+    for cmd in ("report", "sim"):
+        out = work / f"out-{cmd}"
+        if existing_out:
+            out.mkdir()
+            (out / "keep.txt").write_text("old output\n")
+        before = _tree(out) if existing_out else None
+        extra = ["--simulator", "icarus", "--all"] if cmd == "sim" else []
+        # never build or simulate: the images must be refused before that
+        with mock.patch("sim.runner.simulate_images",
+                        side_effect=AssertionError("ssvq sim went on to simulate")):
+            rc, err = _run_cli([cmd, "--images", str(root), *extra, "--out", str(out)])
+        lines = err.strip().splitlines()
+        assert rc == 2, f"ssvq {cmd}: exit {rc}: {err[-500:]}"
+        assert len(lines) == 1 and lines[0].startswith(f"ssvq {cmd}: error: "), err[-500:]
+        assert str(root) in lines[0], lines[0]
+        if existing_out:
+            assert _tree(out) == before, f"ssvq {cmd} changed {out}"
+        else:
+            assert not out.exists(), f"ssvq {cmd} left {out} behind"
+        stray = [q.name for q in work.iterdir() if q.name.startswith(f".{out.name}")]
+        assert not stray, f"ssvq {cmd} left temporary folders {stray}"
+
+
+def _verdict(root: Path, base, strict: bool, work: Path | None = None,
+             existing_out: bool = False):
+    """Runs both readers on the damaged copy and applies the oracle. Returns the
+    outcome per reader ('ok' or the error class name), for statistics."""
+    outcome = {}
+    for name, reader in (("sim", _sim_reader), ("report", _report_reader)):
+        try:
+            decoded = reader(root)
+        except Exception as e:              # noqa: BLE001 - the property under test
+            _check_error(e, root)
+            outcome[name] = type(e).__name__
+            if os.environ.get("SSVQ_FUZZ_STATS"):
+                import re
+                why = re.sub(r"[0-9a-f]{64}|\d+", "#", str(e).replace(str(root), "<img>"))[:90]
+                MESSAGES[why] = MESSAGES.get(why, 0) + 1
+        else:
+            _check_accepted(decoded, base, strict, root)
+            outcome[name] = "ok"
+    if work is not None and outcome["sim"] != "ok" and outcome["report"] != "ok":
+        _check_cli(root, work, existing_out)
+    return outcome
+
+
+@contextlib.contextmanager
+def _copy(base):
+    with tempfile.TemporaryDirectory(prefix="ssvq-fuzz-") as t:
+        work = Path(t)
+        root = work / "img"
+        shutil.copytree(base[0], root)
+        yield work, root
+
+
+# ----------------------------------------------------------------- strategies
+EDIT = st.tuples(st.sampled_from(["flip", "set", "insert", "delete"]),
+                 st.floats(0, 1, allow_nan=False), st.integers(0, 255),
+                 st.integers(1, 8))
+
+
+def _apply_edits(data: bytes, edits) -> bytes:
+    b = bytearray(data)
+    for kind, where, value, n in edits:
+        at = min(int(where * len(b)), max(len(b) - 1, 0))
+        if kind == "insert":
+            b[at:at] = bytes([value]) * n
+        elif not b:
+            continue
+        elif kind == "flip":
+            b[at] ^= value or 0x01
+        elif kind == "set":
+            b[at] = value
+        else:
+            del b[at:at + n]
+    return bytes(b)
+
+
+def _which_file(base):
+    return st.sampled_from(_rel_files(base[3]))
+
+
+SEAL = st.sampled_from(["none", "digests", "digests+hex"])   # how far the forger goes
+JSON_LEAF = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(-2**70, 2**70), st.sampled_from([0, -1, 1, 2, 63, 64, 65, 2**31, 2**63, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20), st.sampled_from(["", "..", "/etc", "x" * 300, "layers/000_fc1",
+                                          "a\x00b", "ssvq-image", "int8", "fc1", "low#B"]))
+JSON_VALUE = st.recursive(JSON_LEAF, lambda c: st.one_of(
+    st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c, max_size=4)),
+    max_leaves=8)
+
+
+def _paths(node, prefix=()):
+    """Every path (tuple of keys / indices) into a JSON tree, the root excluded."""
+    out = []
+    items = (node.items() if isinstance(node, dict) else
+             enumerate(node) if isinstance(node, list) else ())
+    for k, v in items:
+        out.append(prefix + (k,))
+        out += _paths(v, prefix + (k,))
+    return out
+
+
+def _get(node, path):
+    for k in path:
+        node = node[k]
+    return node
+
+
+MANIFEST_OPS = st.one_of(
+    st.tuples(st.just("replace"), st.integers(0, 10**6), JSON_VALUE),
+    st.tuples(st.just("drop"), st.integers(0, 10**6), st.none()),
+    st.tuples(st.just("nest"), st.integers(0, 10**6), st.integers(1, 50)),
+    st.tuples(st.just("add-key"), st.integers(0, 10**6),
+              st.tuples(st.sampled_from(["input_from", "meta", "extra", "name", "dir"]),
+                        JSON_VALUE)),
+    st.tuples(st.just("swap-layers"), st.integers(0, 10**6), st.integers(0, 10**6)),
+    st.tuples(st.just("dup-layer"), st.integers(0, 10**6), st.none()),
+    st.tuples(st.just("drop-layer"), st.integers(0, 10**6), st.none()),
+    st.tuples(st.just("version"), st.integers(0, 10**6),
+              st.sampled_from([1, 3, 2.0, "2", True, None, [2], -2, 2**64])))
+
+
+def _mutate_manifest(m, op):
+    kind, pick, arg = op
+    layers = m["layers"]
+    if kind == "swap-layers":
+        i, j = pick % len(layers), arg % len(layers)
+        layers[i], layers[j] = layers[j], layers[i]
+        return
+    if kind == "dup-layer":
+        layers.insert(pick % (len(layers) + 1), json.loads(json.dumps(layers[pick % len(layers)])))
+        return
+    if kind == "drop-layer":
+        del layers[pick % len(layers)]
+        return
+    if kind == "version":
+        m["version"] = arg
+        return
+    paths = _paths(m)
+    path = paths[pick % len(paths)]
+    parent, key = _get(m, path[:-1]), path[-1]
+    if kind == "replace":
+        parent[key] = arg
+    elif kind == "drop":
+        del parent[key]
+    elif kind == "nest":
+        v = parent[key]
+        for _ in range(arg):
+            v = [v]
+        parent[key] = v
+    elif kind == "add-key":
+        target = _get(m, path) if isinstance(_get(m, path), dict) else parent
+        if isinstance(target, dict):
+            target[arg[0]] = arg[1]
+        else:
+            parent[key] = {arg[0]: arg[1]}
+
+
+# ---------------------------------------------------------------- the properties
+STATS: dict = {}
+MESSAGES: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_stats():
+    """SSVQ_FUZZ_STATS=1 (with -s): how the examples ended, and the messages seen."""
+    yield
+    if os.environ.get("SSVQ_FUZZ_STATS"):
+        for k, v in sorted(STATS.items()):
+            print(v, *k)
+        for k, v in sorted(MESSAGES.items(), key=lambda kv: -kv[1]):
+            print(f"{v:5d} {k}")
+
+
+def _count(kind, outcome):
+    key = (kind, outcome["sim"], outcome["report"])
+    STATS[key] = STATS.get(key, 0) + 1
+
+
+@settings(FUZZ, max_examples=_n(120))
+@given(data=st.data())
+def test_random_byte_edits(base, data):
+    rel = data.draw(_which_file(base), label="file")
+    edits = data.draw(st.lists(EDIT, min_size=1, max_size=4), label="edits")
+    seal = data.draw(SEAL, label="seal")
+    cli = data.draw(st.sampled_from([None, "new", "existing"]), label="cli")
+    with _copy(base) as (work, root):
+        p = root / rel
+        p.write_bytes(_apply_edits(p.read_bytes(), edits))
+        if seal != "none":
+            _reseal(root, sync_hex=seal == "digests+hex" and rel.endswith("stream.bin"))
+        outcome = _verdict(root, base, strict=seal == "none",
+                           work=work if cli else None, existing_out=cli == "existing")
+    _count("bytes", outcome)
+
+
+@settings(FUZZ, max_examples=_n(50))
+@given(data=st.data())
+def test_truncations(base, data):
+    rel = data.draw(_which_file(base), label="file")
+    size = len(base[2][rel])
+    n = data.draw(st.one_of(st.just(0), st.integers(0, max(size - 1, 0))), label="length")
+    seal = data.draw(SEAL, label="seal")
+    cli = data.draw(st.sampled_from([None, "new", "existing"]), label="cli")
+    with _copy(base) as (work, root):
+        p = root / rel
+        p.write_bytes(p.read_bytes()[:n])
+        if seal != "none":
+            _reseal(root, sync_hex=seal == "digests+hex" and rel.endswith("stream.bin"))
+        outcome = _verdict(root, base, strict=seal == "none",
+                           work=work if cli else None, existing_out=cli == "existing")
+    _count("truncate", outcome)
+
+
+@settings(FUZZ, max_examples=_n(150))
+@given(data=st.data())
+def test_manifest_mutations(base, data):
+    ops = data.draw(st.lists(MANIFEST_OPS, min_size=1, max_size=3), label="ops")
+    reseal = data.draw(st.booleans(), label="reseal manifest_sha256")
+    indent = data.draw(st.sampled_from([None, 0, 1, 4]), label="indent")
+    cli = data.draw(st.sampled_from([None, None, "new", "existing"]), label="cli")
+    with _copy(base) as (work, root):
+        m = json.loads((root / "manifest.json").read_text())
+        for op in ops:
+            if isinstance(m, dict) and isinstance(m.get("layers"), list) and m["layers"]:
+                _mutate_manifest(m, op)
+        if reseal and isinstance(m, dict):
+            m["manifest_sha256"] = manifest_digest(m)
+        (root / "manifest.json").write_text(json.dumps(m, indent=indent))
+        outcome = _verdict(root, base, strict=not reseal,
+                           work=work if cli else None, existing_out=cli == "existing")
+    _count("manifest", outcome)
+
+
+@settings(FUZZ, max_examples=_n(60))
+@given(data=st.data())
+def test_resealed_bit_flip_in_a_stream_is_always_refused(base, data):
+    """The stream encoding has no free bit: every header field is checked against
+    the manifest or a rule, reserved and padding bits must be zero, and every other
+    bit is a value that arrays.npz repeats. So one flipped bit of stream.bin, even
+    with stream.hex, the beat count, every digest and manifest_sha256 made to agree
+    (a careful forger), is refused -- never accepted."""
+    d = data.draw(st.sampled_from(sorted(base[1])), label="layer dir")
+    rel = f"{d}/stream.bin"
+    bit = data.draw(st.integers(0, 8 * len(base[2][rel]) - 1), label="bit")
+    with _copy(base) as (work, root):
+        p = root / rel
+        raw = bytearray(p.read_bytes())
+        raw[bit // 8] ^= 1 << (bit % 8)
+        p.write_bytes(bytes(raw))
+        _reseal(root, sync_hex=True)
+        outcome = _verdict(root, base, strict=False)
+    assert outcome["sim"] != "ok" and outcome["report"] != "ok", f"bit {bit} of {rel} accepted"
+    _count("stream-bit", outcome)
+
+
+def test_base_set_is_accepted_by_both_readers(base):
+    """The oracle itself: the untouched copy is accepted, whitespace and a BOM in
+    the manifest are harmless, and a one-bit flip is refused (so the properties
+    above can fail)."""
+    with _copy(base) as (work, root):
+        assert _verdict(root, base, strict=True) == {"sim": "ok", "report": "ok"}
+        p = root / "manifest.json"
+        m = json.loads(p.read_text())
+        p.write_bytes(b"\xef\xbb\xbf" + json.dumps(m, indent=7).encode() + b"\n\n")
+        assert _verdict(root, base, strict=True) == {"sim": "ok", "report": "ok"}
+        q = root / "layers/000_fc1/stream.bin"
+        q.write_bytes(_apply_edits(q.read_bytes(), [("flip", 0.5, 0x10, 1)]))
+        assert _verdict(root, base, strict=True, work=work) == {"sim": "ImageError",
+                                                                "report": "ImageError"}
+    # and the oracle catches a silent corruption: a different layer in the same folder
+    _, by_dir, _, _ = base
+    d0, d1 = "layers/000_fc1", "layers/001_fc2"
+    with pytest.raises(AssertionError, match="silent corruption"):
+        _check_accepted([(d0, by_dir[d1][0], None)], base, strict=False, root=Path("."))
