@@ -84,16 +84,21 @@ def _layers():
     return [fc1, fc2, fc3, b, a]
 
 
+class Base(tuple):
+    """(root, {dir: (LayerImage as decoded, outputs)}, {relative path: bytes},
+    manifest) of the valid set; a short repr for hypothesis' failure reports."""
+    def __repr__(self):
+        return f"Base({self[0]})"
+
+
 @pytest.fixture(scope="session")
 def base(tmp_path_factory):
-    """(root, {dir: LayerImage as decoded from the valid set}, {dir: outputs},
-    {relative path: bytes}, manifest digest)."""
     root = write_images(tmp_path_factory.mktemp("fuzz") / "img", CFG, _layers(),
                         meta={"note": "fuzz base"})
     imgs, _, prepared = prepare_images(root)
     by_dir = {e["dir"]: (layer, y) for e, layer, _, y, _ in prepared}
     files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    return root, by_dir, files, json.loads((root / "manifest.json").read_text())
+    return Base((root, by_dir, files, json.loads((root / "manifest.json").read_text())))
 
 
 def _rel_files(manifest):
@@ -489,3 +494,196 @@ def test_base_set_is_accepted_by_both_readers(base):
     d0, d1 = "layers/000_fc1", "layers/001_fc2"
     with pytest.raises(AssertionError, match="silent corruption"):
         _check_accepted([(d0, by_dir[d1][0], None)], base, strict=False, root=Path("."))
+
+
+# ------------------------------------------------- regressions the fuzzing found
+# Each of these raised something other than SsvqError (a traceback from the CLI)
+# or accepted a wrong file before the fix; they are kept as plain examples.
+def _members(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _zip_header_edit(path, local_offset, central_offset, value=None, mask=0):
+    """Sets (or ORs `mask` into) one byte of every local and central zip header."""
+    b = bytearray(path.read_bytes())
+    for sig, off in ((b"PK\x03\x04", local_offset), (b"PK\x01\x02", central_offset)):
+        i = b.find(sig)
+        while i >= 0:
+            b[i + off] = value if value is not None else b[i + off] | mask
+            i = b.find(sig, i + 4)
+    path.write_bytes(bytes(b))
+
+
+def _npz_case(kind):
+    def edit(root):
+        p = root / "layers/000_fc1/arrays.npz"
+        if kind == "unknown-compression":        # found by test_random_byte_edits
+            _zip_header_edit(p, 8, 10, value=99)
+        elif kind == "encrypted-member":
+            _zip_header_edit(p, 6, 8, mask=0x01)
+        elif kind == "damaged-deflate":
+            arrays = _members(p)
+            np.savez_compressed(p, **arrays)
+            b = bytearray(p.read_bytes())
+            first = b.find(b"PK\x03\x04")
+            start = first + 30 + int.from_bytes(b[first + 26:first + 28], "little") \
+                + int.from_bytes(b[first + 28:first + 30], "little")
+            b[start:start + 4] = b"\xff\xff\xff\xff"          # the deflate stream itself
+            p.write_bytes(bytes(b))
+        elif kind in ("member-not-npy", "extra-text-member"):
+            import zipfile
+            arrays = _members(p)
+            with zipfile.ZipFile(p, "w") as zf:
+                for k, v in arrays.items():
+                    buf = io.BytesIO()
+                    np.save(buf, v)
+                    zf.writestr(f"{k}.npy", b"not an array" if (
+                        kind == "member-not-npy" and k == "bias") else buf.getvalue())
+                if kind == "extra-text-member":
+                    zf.writestr("notes.txt", b"hello")
+        elif kind == "uint64-wraps":
+            arrays = _members(p)
+            act = arrays["act"].astype(np.int64)
+            assert (act < 0).any()
+            arrays["act"] = act.astype(np.uint64)        # -5 -> 2**64 - 5
+            np.savez(p, **arrays)
+        _reseal(root, sync_hex=False)
+    return edit
+
+
+NPZ_CASES = [
+    ("unknown-compression", r"arrays\.npz: expected a NumPy \.npz of plain arrays, found "
+                            r"NotImplementedError: That compression method is not supported"),
+    ("encrypted-member", r"arrays\.npz: expected a NumPy \.npz of plain arrays, found "
+                         r"RuntimeError: File 'bias\.npy' is encrypted"),
+    ("damaged-deflate", r"arrays\.npz: expected a NumPy \.npz of plain arrays, found \w+"),
+    ("member-not-npy", r"arrays\.npz: bias: expected a \.npy array, found a member of 12 "
+                       r"bytes that is not one"),
+    ("extra-text-member", r"arrays\.npz: notes\.txt: expected a \.npy array"),
+    ("uint64-wraps", r"arrays\.npz: act: expected the stream's values \(\(11,\)\), "
+                     r"found uint64 \(11,\)"),
+]
+
+
+def _manifest_case(kind):
+    def edit(root):
+        p = root / "manifest.json"
+        m = json.loads(p.read_text())
+        if kind == "dir-too-long":
+            m["layers"][0]["dir"] = "x" * 300
+        elif kind == "nan-in-layer-meta":
+            m["layers"][0]["meta"] = {"rel_weight_error": float("nan")}
+        m["manifest_sha256"] = manifest_digest(m)
+        p.write_text(json.dumps(m))
+    return edit
+
+
+def _write_deep_meta(root, n: int, where: str):
+    """Puts n nested arrays into a meta field and reseals manifest_sha256, writing
+    the JSON text by hand (json.dumps itself may not manage such depth here)."""
+    p = root / "manifest.json"
+    m = json.loads(p.read_text())
+    if where == "layer":
+        m["layers"][0]["meta"] = {"x": "@DEEP@"}
+    else:
+        m["meta"] = "@DEEP@"
+    deep = "[" * n + "0" + "]" * n
+    body = {k: v for k, v in m.items() if k != "manifest_sha256"}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":")).replace('"@DEEP@"', deep)
+    m["manifest_sha256"] = hashlib.sha256(canon.encode()).hexdigest()
+    p.write_text(json.dumps(m).replace('"@DEEP@"', deep))
+
+
+def _parse_limit() -> int:
+    """About the deepest nesting json.loads parses at this point of the stack."""
+    lo, hi = 1, 5000
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            json.loads("[" * mid + "]" * mid)
+            lo = mid
+        except RecursionError:
+            hi = mid - 1
+    return lo
+
+
+MANIFEST_CASES = [
+    # Path.is_file() raised OSError (ENAMETOOLONG) out of ImageSet.beats
+    ("dir-too-long", "both", r"/x{300}/stream\.bin: expected a readable file listed in "
+                             r"manifest, found an error \(File name too long\)"),
+    # summary.json is written with allow_nan=False: ValueError from json.dumps
+    ("nan-in-layer-meta", "report", r"manifest\.json: layers\[0\]\.meta: expected an object "
+                                    r"of standard JSON values, found NaN or Infinity"),
+]
+
+
+@pytest.mark.parametrize("kind,match", NPZ_CASES, ids=[c[0] for c in NPZ_CASES])
+def test_npz_regressions(base, kind, match):
+    with _copy(base) as (work, root):
+        _npz_case(kind)(root)
+        for reader in (_sim_reader, _report_reader):
+            with pytest.raises(SsvqError, match=match) as e:
+                reader(root)
+            _check_error(e.value, root)
+        _check_cli(root, work, existing_out=True)
+
+
+@pytest.mark.parametrize("kind,who,match", MANIFEST_CASES, ids=[c[0] for c in MANIFEST_CASES])
+def test_manifest_regressions(base, kind, who, match):
+    with _copy(base) as (work, root):
+        _manifest_case(kind)(root)
+        readers = [_report_reader] + ([_sim_reader] if who == "both" else [])
+        for reader in readers:
+            with pytest.raises(SsvqError, match=match) as e:
+                reader(root)
+            _check_error(e.value, root)
+        if who == "both":
+            _check_cli(root, work, existing_out=False)
+        else:               # the sim reader does not write meta anywhere: accepted as is
+            _check_accepted(_sim_reader(root), base, strict=False, root=root)
+
+
+@pytest.mark.parametrize("where", ["layer", "top"])
+def test_deep_meta_that_only_just_parses(base, where):
+    """Nesting json.loads could just parse used to raise RecursionError later, when
+    manifest_digest (sim and report) or summary.json (report) dumped it again a few
+    stack frames deeper. Every depth around the parser's limit is now one ImageError
+    (load_json refuses more than MAX_JSON_DEPTH levels)."""
+    top = _parse_limit()
+    for n in list(range(top - 12, top + 3)) + [101, 150]:
+        with _copy(base) as (work, root):
+            _write_deep_meta(root, n, where)
+            for reader in (_sim_reader, _report_reader):
+                with pytest.raises(SsvqError, match=r"manifest\.json: expected JSON of "
+                                                    r"ordinary depth, found nesting too deep"):
+                    reader(root)
+    with _copy(base) as (work, root):       # and 99 levels inside meta are harmless
+        _write_deep_meta(root, 99 - (where == "layer") * 3, where)
+        _check_accepted(_sim_reader(root), base, strict=False, root=root)
+        _check_accepted(_report_reader(root), base, strict=False, root=root)
+
+
+def test_json_depth_limit_is_exact(tmp_path):
+    """100 levels of arrays and objects are read; 101 are refused (load_json)."""
+    from ssvq.errors import UserError
+    from ssvq.files import MAX_JSON_DEPTH, load_json
+    assert MAX_JSON_DEPTH == 100
+    p = tmp_path / "x.json"
+    p.write_text("[" * 50 + '{"a": ' * 50 + "1" + "}" * 50 + "]" * 50)
+    assert load_json(p, UserError) is not None
+    p.write_text("[" * 101 + "]" * 101)
+    with pytest.raises(UserError, match="x.json: expected JSON of ordinary depth"):
+        load_json(p, UserError)
+    p.write_text('{"a": [1, 2]}')
+    assert load_json(p, UserError) == {"a": [1, 2]}
+
+
+def test_unreadable_images_path_is_one_line(tmp_path, capsys):
+    """An --images path the file system refuses (too long a name): exit 2, one line."""
+    bad = tmp_path / ("y" * 300)
+    for cmd in ("report", "sim"):
+        rc, err = _run_cli([cmd, "--images", str(bad), "--out", str(tmp_path / "o")])
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert "manifest.json: expected a manifest, found an unreadable file" in err, err
+        assert not (tmp_path / "o").exists()
