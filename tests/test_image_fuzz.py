@@ -215,7 +215,8 @@ def _tree(p: Path):
 
 def _check_cli(root: Path, work: Path, existing_out: bool):
     """The real commands on a copy both readers refused: exit 2, one stderr line
-    naming the image, and no output left behind."""
+    naming the image, and no output left behind. Returns {command: that line}."""
+    said = {}
     for cmd in ("report", "sim"):
         out = work / f"out-{cmd}"
         if existing_out:
@@ -237,6 +238,8 @@ def _check_cli(root: Path, work: Path, existing_out: bool):
             assert not out.exists(), f"ssvq {cmd} left {out} behind"
         stray = [q.name for q in work.iterdir() if q.name.startswith(f".{out.name}")]
         assert not stray, f"ssvq {cmd} left temporary folders {stray}"
+        said[cmd] = lines[0]
+    return said
 
 
 def _verdict(root: Path, base, strict: bool, work: Path | None = None,
@@ -687,3 +690,80 @@ def test_unreadable_images_path_is_one_line(tmp_path, capsys):
         assert rc == 2 and len(err.strip().splitlines()) == 1, err
         assert "manifest.json: expected a manifest, found an unreadable file" in err, err
         assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------ the issue's bad-input classes, by CLI
+def _damage(how):
+    def edit(p: Path):
+        if how == "flipped":
+            b = bytearray(p.read_bytes())
+            b[len(b) // 2] ^= 0x04
+            p.write_bytes(bytes(b))
+        elif how == "truncated":
+            p.write_bytes(p.read_bytes()[:-3])
+        elif how == "appended":
+            p.write_bytes(p.read_bytes() + b"\n")
+        elif how == "deleted":
+            p.unlink()
+        elif how == "replaced":             # same size, other contents
+            p.write_bytes(bytes(len(p.read_bytes())))
+    return edit
+
+
+DAMAGE = {"flipped": "sha256: expected", "truncated": "size in bytes: expected",
+          "appended": "size in bytes: expected", "deleted": "expected file listed in manifest",
+          "replaced": "sha256: expected"}
+
+
+@pytest.mark.parametrize("fn", LAYER_FILES)
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_report_and_sim_cli_refuse_damaged_layer_files(base, fn, how):
+    """`ssvq report --images` (and `ssvq sim`) on a flipped, truncated, appended,
+    deleted or replaced stream.bin / stream.hex / arrays.npz: exit 2, one line
+    naming the file and the check, nothing written (--out absent or unchanged)."""
+    for existing in (False, True):
+        with _copy(base) as (work, root):
+            rel = f"layers/002_fc3/{fn}"
+            _damage(how)(root / rel)
+            lines = _check_cli(root, work, existing_out=existing)
+            for cmd, line in lines.items():
+                assert f"{root}/{rel}: {DAMAGE[how]}" in line, (cmd, line)
+
+
+def _sim_results(root: Path, sim: Path, tweak):
+    from sim import golden
+    from ssvq.config import LayerConfig
+    m = json.loads((root / "manifest.json").read_text())
+    for i, e in enumerate(m["layers"]):
+        lc = LayerConfig.from_dict(e["config"])
+        c = golden.timing(CFG, lc, e["rows"], e["cols"]).counters
+        r = dict(name=e["name"], config=lc.name, mode=lc.mode, rows=e["rows"], cols=e["cols"],
+                 passed=True, bit_exact=True, cycles_rtl=c["cycles"], cycles_model=c["cycles"],
+                 counters_rtl=dict(c), counters_model=dict(c), stall_prob=0.0, error=None,
+                 problems=[])
+        d = sim / Path(e["dir"]).name
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(tweak(r) if i == 1 else r))
+
+
+@pytest.mark.parametrize("tweak,needle", [
+    (lambda r: dict(r, cycles_rtl=str(r["cycles_rtl"])),
+     "cycles_rtl: expected a non-negative integer, found str '"),
+    (lambda r: dict(r, counters_rtl=[1, 2, 3]),
+     "counters_rtl: expected an object of integer counters ['"),
+    (lambda r: dict(r, counters_rtl="cycles=5"),
+     "counters_rtl: expected an object of integer counters ['"),
+    (lambda r: dict(r, counters_rtl=7), "counters_rtl: expected an object of integer counters"),
+], ids=["cycles-str", "counters-list", "counters-str", "counters-int"])
+def test_report_cli_bad_sim_result(base, tweak, needle):
+    """`ssvq report --sim` with a result.json whose cycles_rtl is a string or whose
+    counters_rtl is not an object: exit 2, one line saying what was expected."""
+    with _copy(base) as (work, root):
+        sim = work / "sim"
+        _sim_results(root, sim, tweak)
+        out = work / "rep"
+        rc, err = _run_cli(["report", "--images", str(root), "--sim", str(sim), "--out", str(out)])
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, err
+        assert lines[0].startswith(f"ssvq report: error: {sim}/001_fc2/result.json: {needle}"), err
+        assert not out.exists()
