@@ -767,3 +767,57 @@ def test_report_cli_bad_sim_result(base, tweak, needle):
         assert rc == 2 and len(lines) == 1, err
         assert lines[0].startswith(f"ssvq report: error: {sim}/001_fc2/result.json: {needle}"), err
         assert not out.exists()
+
+
+def _resealed(edit):
+    def go(root):
+        edit(root)
+        _reseal(root, sync_hex=False)
+    return go
+
+
+def _npz_with(**changes):
+    def edit(root):
+        p = root / "layers/000_fc1/arrays.npz"
+        arrays = {**_members(p), **changes}
+        np.savez(p, **arrays)
+    return edit
+
+
+def _set_byte(rel, at, value):
+    def edit(root):
+        b = bytearray((root / rel).read_bytes())
+        b[at] = value
+        (root / rel).write_bytes(bytes(b))
+    return edit
+
+
+NPZ1 = "layers/000_fc1/arrays.npz"
+CLI_CLASSES = [
+    ("deep-manifest", lambda r: (r / "manifest.json").write_bytes(b"[" * 100000 + b"]" * 100000),
+     "manifest.json: expected JSON of ordinary depth, found nesting too deep to parse"),
+    ("hex-non-ascii", _resealed(_set_byte("layers/000_fc1/stream.hex", 3, 0xC3)),
+     "layers/000_fc1/stream.hex: byte 3: expected ASCII hex digits, found byte 0xc3"),
+    ("npz-not-zip", _resealed(lambda r: (r / NPZ1).write_bytes(b"not a zip at all")),
+     f"{NPZ1}: expected a NumPy .npz of plain arrays, found ValueError"),   # (read as a pickle, refused)
+    ("npz-empty-file", _resealed(lambda r: (r / NPZ1).write_bytes(b"")),
+     f"{NPZ1}: expected a NumPy .npz of plain arrays, found"),
+    ("npz-truncated", _resealed(lambda r: (r / NPZ1).write_bytes((r / NPZ1).read_bytes()[:700])),
+     f"{NPZ1}: expected a NumPy .npz of plain arrays, found BadZipFile"),
+    ("npz-object-array", _resealed(_npz_with(bias=np.array([object()] * 5, dtype=object))),
+     f"{NPZ1}: expected a NumPy .npz of plain arrays, found ValueError: Object arrays cannot "
+     f"be loaded when allow_pickle=False"),
+    ("npz-string-array", _resealed(_npz_with(codes=np.array(["a"] * 5))),
+     f"{NPZ1}: codes: expected the stream's values ((5, 3, 1)), found <U1 (5,)"),
+]
+
+
+@pytest.mark.parametrize("edit,needle", [c[1:] for c in CLI_CLASSES],
+                         ids=[c[0] for c in CLI_CLASSES])
+def test_cli_bad_input_classes(base, edit, needle):
+    """The issue's bad-input classes through the real `ssvq report` and `ssvq sim`:
+    exit 2, one line with the file and the check, no output left behind."""
+    with _copy(base) as (work, root):
+        edit(root)
+        for cmd, line in _check_cli(root, work, existing_out=False).items():
+            assert f"{root}/{needle}" in line, (cmd, line)
