@@ -559,8 +559,9 @@ class ImageSet:
             raise ImageError(f"{path}: expected a NumPy .npz of plain arrays, found "
                              f"{type(e).__name__}: {str(e)[:120]}") from None
         for k, a in arrays.items():     # a member that is not a .npy file loads as bytes
-            _expect(isinstance(a, np.ndarray), str(path), k, "a .npy array",
-                    f"a member of {len(a)} bytes that is not one")
+            if not isinstance(a, np.ndarray):
+                raise ImageError(f"{path}: {k}: expected a .npy array, found a member of "
+                                 f"{len(a)} bytes that is not one")
         want = {k: np.asarray(v) for k, v in layer_arrays(img).items()
                 if not k.startswith("scale_")}
         _expect(set(want) <= set(arrays), str(path), "arrays", sorted(want), sorted(arrays))

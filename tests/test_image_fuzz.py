@@ -73,7 +73,7 @@ FUZZ = settings(deadline=None, derandomize=not os.environ.get("SSVQ_FUZZ_RANDOM"
 def _layers():
     rng = np.random.default_rng(7)
     fc1 = random_layer("ssvq-k16-d4", 5, 11, rng, "fc1")
-    fc1.scales = {"w": np.linspace(0.5, 1.5, 5).astype(np.float32)}
+    fc1.scales = {"w": np.linspace(0.5, 1.5, 5).astype(np.float32), "cb": np.float32(0.25)}
     fc2 = random_layer("int3", 3, 5, rng, "fc2")
     fc3 = random_layer("vq-k16-d8-m2-c4", 4, 9, rng, "fc3")
     # a chained pair: low.B (2 x 9) then low.A (6 x 2) on low.B's int8 outputs
