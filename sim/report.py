@@ -181,6 +181,11 @@ def _read_layers(images_dir) -> tuple:
         if not isinstance(meta, dict):
             raise ImageError(f"{mpath}: layers[{i}].meta: expected an object, found "
                              f"{_type_name(meta)}")
+        try:                        # it goes into summary.json, which is strict JSON
+            json.dumps(meta, allow_nan=False)
+        except ValueError:
+            raise ImageError(f"{mpath}: layers[{i}].meta: expected an object of standard "
+                             f"JSON values, found NaN or Infinity") from None
         layers.append({"index": i, "name": name, "lc": img.config, "rows": img.rows,
                        "cols": img.cols, "dir": e["dir"], "dir_name": Path(e["dir"]).name,
                        "config_fields": dict(e["config"]), "meta": meta})

@@ -39,16 +39,34 @@ def atomic_dir(out_dir: str | os.PathLike):
         raise
 
 
+# Deeper JSON is refused even where the parser copes: what is read is later written
+# again (json.dumps of a manifest digest or a report), a few call levels further down
+# the stack, where a parse that only just fitted would overflow.
+MAX_JSON_DEPTH = 100
+
+
+def _depth_within(value, limit: int) -> bool:
+    """Whether arrays and objects nest at most `limit` deep (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
 def load_json(path: str | os.PathLike, error: type[Exception], what: str = "a JSON file"):
     """Parses a JSON file (a UTF-8 byte-order mark is accepted); every way it can
     fail is one `error` line naming the file: missing, unreadable, not UTF-8,
-    not JSON, nested too deep to parse."""
+    not JSON, nested too deep to parse or deeper than MAX_JSON_DEPTH."""
     path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: expected {what}, found "
-                    f"{'a directory' if path.is_dir() else 'no such file'}")
     try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
+        if not path.is_file():
+            raise error(f"{path}: expected {what}, found "
+                        f"{'a directory' if path.is_dir() else 'no such file'}")
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except OSError as e:
         raise error(f"{path}: expected {what}, found an unreadable file ({e.strerror})") from None
     except UnicodeDecodeError as e:
@@ -56,5 +74,9 @@ def load_json(path: str | os.PathLike, error: type[Exception], what: str = "a JS
     except json.JSONDecodeError as e:
         raise error(f"{path}: expected JSON, found a parse error ({e})") from None
     except RecursionError:
-        raise error(f"{path}: expected JSON of ordinary depth, found nesting too deep "
-                    f"to parse") from None
+        data = None
+    else:
+        if _depth_within(data, MAX_JSON_DEPTH):
+            return data
+    raise error(f"{path}: expected JSON of ordinary depth, found nesting too deep "
+                f"to parse")

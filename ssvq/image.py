@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -490,6 +489,13 @@ class ImageSet:
         """The layer's stream, after every check against the manifest."""
         e = self.entry(name)
         base = self.root / e["dir"]
+        try:
+            return self._beats(name, e, base)
+        except OSError as err:      # e.g. a `dir` too long for the file system, unreadable
+            raise ImageError(f"{err.filename or base}: expected a readable file listed in "
+                             f"manifest, found an error ({err.strerror})") from None
+
+    def _beats(self, name: str, e: dict, base: Path) -> np.ndarray:
         for fn in LAYER_FILES:
             p = base / fn
             if not p.is_file():
@@ -547,15 +553,23 @@ class ImageSet:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        except Exception as e:      # noqa: BLE001 - any way the file fails to load is bad input
+            # (zipfile raises BadZipFile, RuntimeError for an encrypted member,
+            # NotImplementedError for an unknown compression method, zlib.error ...)
             raise ImageError(f"{path}: expected a NumPy .npz of plain arrays, found "
                              f"{type(e).__name__}: {str(e)[:120]}") from None
+        for k, a in arrays.items():     # a member that is not a .npy file loads as bytes
+            if not isinstance(a, np.ndarray):
+                raise ImageError(f"{path}: {k}: expected a .npy array, found a member of "
+                                 f"{len(a)} bytes that is not one")
         want = {k: np.asarray(v) for k, v in layer_arrays(img).items()
                 if not k.startswith("scale_")}
         _expect(set(want) <= set(arrays), str(path), "arrays", sorted(want), sorted(arrays))
         for k, v in want.items():
             a = arrays[k]
+            # (uint64 values above the int64 range must not wrap around onto the stream's)
             _expect(np.issubdtype(a.dtype, np.integer) and a.shape == v.shape
+                    and not (a.dtype == np.uint64 and a.size and int(a.max()) >= 1 << 63)
                     and bool((a.astype(np.int64) == v.astype(np.int64)).all()), str(path), k,
                     f"the stream's values ({v.shape})", f"{a.dtype} {a.shape}, different values")
         scales = {}

@@ -822,6 +822,20 @@ def logical_arrays(layer):
     return {n: src[n] for n in LOGICAL_ORDER if n in src}
 
 
+TOO_DEEP = object()
+
+
+def _json_depth(v):
+    """How deep arrays and objects nest (0 for a scalar), without recursion."""
+    deepest, todo = 0, [(v, 1)]
+    while todo:
+        x, d = todo.pop()
+        if isinstance(x, (dict, list)):
+            deepest = max(deepest, d)
+            todo += [(y, d + 1) for y in (x.values() if isinstance(x, dict) else x)]
+    return deepest
+
+
 def read_manifest(root):
     """8.4 checks; returns (manifest object, build)."""
     m = os.path.join(root, "manifest.json")
@@ -837,11 +851,13 @@ def read_manifest(root):
     try:                                                             # 3
         man = json.loads(text)
     except RecursionError:
-        raise DocFormatError(f"{m}: expected JSON of ordinary depth, found "
-                             f"nesting too deep to parse") from None
+        man = TOO_DEEP
     except ValueError as e:
         raise DocFormatError(f"{m}: expected JSON, found a parse error ({e})") \
             from None
+    if man is TOO_DEEP or _json_depth(man) > 100:
+        raise DocFormatError(f"{m}: expected JSON of ordinary depth, found "
+                             f"nesting too deep to parse")
     if not isinstance(man, dict):                                    # 4
         raise DocFormatError(f"{m}: format: expected ssvq-image, found "
                              f"{type(man).__name__}")
@@ -973,13 +989,17 @@ def decode_layer(root, man, build, ent):
     except Exception as e:  # noqa: BLE001 - any failure to read is refused
         _fail(npz, f"expected a NumPy .npz of plain arrays, found "
               f"{type(e).__name__}: {str(e)[:120]}")
+    for key, s in stored.items():
+        if not isinstance(s, np.ndarray):       # a member that is not a .npy file
+            _fail(npz, f"{key}: expected a .npy array, found a member of {len(s)} "
+                  f"bytes that is not one")
     logical = logical_arrays(layer)
     if not set(logical) <= set(stored):
         _fail(npz, f"arrays: expected {sorted(logical)}, found {sorted(stored)}")
     for key, val in logical.items():
         s = stored[key]
         if not (np.issubdtype(s.dtype, np.integer) and s.shape == val.shape
-                and np.array_equal(s.astype(np.int64), val.astype(np.int64))):
+                and [int(x) for x in s.reshape(-1)] == [int(x) for x in val.reshape(-1)]):
             _fail(npz, f"{key}: expected the stream's values ({val.shape}), "
                   f"found {s.dtype} {s.shape}, different values")
     scales = {}
