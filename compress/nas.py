@@ -295,7 +295,7 @@ class NASModel(QuantizedModel):
 def search_meta(nm: NASModel) -> dict:
     """How the search went, for the manifest."""
     return {"method": "nas", "spec": nm.spec.to_dict(), "choice": nm.choice(),
-            "chosen_cycles": nm.chosen_cycles(), "expected_cycles": float(nm.expected_cycles()),
+            "chosen_cycles": nm.chosen_cycles(), "expected_cycles": float(nm.expected_cycles().detach()),
             "feasible": nm.feasible, "probabilities": nm.alphas(),
             "samples": {n: dict(zip(nm.spec.candidates, map(int, q.samples)))
                         for n, q in nm.nas_layers.items()},
