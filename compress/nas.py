@@ -221,6 +221,7 @@ class NASModel(QuantizedModel):
         super().__init__(model, spec, **kw)
         self.spec = spec
         self.feasible: bool | None = None
+        self.argmax_choice, self.argmax_cycles, self.repairs = None, None, []
 
     @property
     def nas_layers(self) -> dict[str, NASLinear]:
@@ -246,6 +247,8 @@ class NASModel(QuantizedModel):
         layers = self.nas_layers
         for q in layers.values():
             q.choice = int(q.alpha.argmax())
+        self.argmax_choice, self.argmax_cycles = self.choice(), self.chosen_cycles()
+        self.repairs = []                  # [(layer, from, to)] moves of the repair step
         if repair:
             while self.chosen_cycles() > self.spec.budget:
                 best = None
@@ -257,6 +260,8 @@ class NASModel(QuantizedModel):
                             best = (float(p[i]), q, i)
                 if best is None:
                     break
+                self.repairs.append((best[1].name, self.spec.candidates[best[1].choice],
+                                     self.spec.candidates[best[2]]))
                 best[1].choice = best[2]
         self.feasible = self.chosen_cycles() <= self.spec.budget
         return self.choice()
@@ -296,7 +301,9 @@ def search_meta(nm: NASModel) -> dict:
     """How the search went, for the manifest."""
     return {"method": "nas", "spec": nm.spec.to_dict(), "choice": nm.choice(),
             "chosen_cycles": nm.chosen_cycles(), "expected_cycles": float(nm.expected_cycles().detach()),
-            "feasible": nm.feasible, "probabilities": nm.alphas(),
+            "feasible": nm.feasible, "argmax_choice": nm.argmax_choice,
+            "argmax_cycles": nm.argmax_cycles, "repairs": [list(r) for r in nm.repairs],
+            "probabilities": nm.alphas(),
             "samples": {n: dict(zip(nm.spec.candidates, map(int, q.samples)))
                         for n, q in nm.nas_layers.items()},
             "plan": nm.plan().to_dict()}

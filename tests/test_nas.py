@@ -204,6 +204,7 @@ def test_digits_plan_through_compress_layers(tmp_path):
     assert nm.choose(repair=False) == {"fc1": "vq-k16-d4", "fc2": "int4", "fc3": "int8"}
     choice = nm.choose()
     assert nm.feasible and nm.chosen_cycles() <= 5 and choice["fc1"] == "vq-k16-d4"
+    assert nm.argmax_cycles == 6 and len(nm.repairs) == 1
     c = compress_layers(lm, nm.plan().to_dict())
     assert {im.name: im.config.name for im in c.images} == choice
 

@@ -439,14 +439,20 @@ def _nas_section(searched, rows, row_seconds) -> list[str]:
              f"are written with; search {row_seconds:g} s, then the argmax plan (repaired "
              f"to the budget if over) fine-tuned {row_seconds / 2:g} s. Budget = fraction x "
              f"the int8 model's cycles ({searched[0]['int8_cycles']}).", "",
-             "| budget | budget cycles | cycles | " + " | ".join(names)
+             "| budget | budget cycles | argmax cycles | cycles | " + " | ".join(names)
              + " | bits/weight | accuracy after search | accuracy | int8-act |",
-             "|---" * (len(names) + 7) + "|"]
+             "|---" * (len(names) + 8) + "|"]
     for r in searched:
-        lines.append(f"| {r['budget_fraction']:g} | {r['budget_cycles']:.0f} | {r['cycles']} | "
+        lines.append(f"| {r['budget_fraction']:g} | {r['budget_cycles']:.0f} | "
+                     f"{r['argmax_cycles']} | {r['cycles']} | "
                      + " | ".join(r["choice"][n] for n in names)
                      + f" | {r['bits_per_weight']:.3f} | {r['accuracy_searched']:.4f} | "
                      f"{r['accuracy']:.4f} | {r['accuracy_int8_act']:.4f} |")
+    lines += ["", "argmax cycles: the plan of argmax alpha per layer; when over the budget the "
+              "repair step moved layers to cheaper candidates (most probable first): "
+              + ("; ".join(f"budget {r['budget_fraction']:g}: " + ", ".join(
+                  f"{n} {a} -> {b}" for n, a, b in r["repairs"]) for r in searched
+                  if r["repairs"]) or "not needed in this run") + ".", ""]
     lines += ["", "Plans (compress.plan JSON, usable as `ssvq compress --config`): "
               + ", ".join(f"`{r['plan']}`" for r in searched) + ".", ""]
     return lines

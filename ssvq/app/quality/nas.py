@@ -101,6 +101,7 @@ def run_digits_nas(out: Path, base, X, Y, xte, yte, fractions, row_seconds: floa
                "budget_fraction": frac, "trained": True, "choice": choice,
                "budget_cycles": spec.budget, "int8_cycles": ref,
                "cycles": int(nm.chosen_cycles()), "feasible": nm.feasible,
+               "argmax_cycles": int(nm.argmax_cycles), "repairs": meta["repairs"],
                "probabilities": meta["probabilities"], "accuracy_searched": searched_acc,
                "steps": res.steps + ft.steps, "search_steps": res.steps,
                "finetune_steps": ft.steps, "build": cfg.to_dict()}
