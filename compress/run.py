@@ -81,9 +81,16 @@ def accel_config_for(layers: list[tuple[str, LayerConfig, int, int]], mults: int
 
 
 def write_model_images(out: str | Path, images: list[LayerImage], meta: dict | None = None,
-                       layer_meta: dict | None = None, mults: int = 32, bus: int = 64) -> Path:
-    """Writes images (post-training or trained) with the covering accelerator config."""
-    cfg = accel_config_for([(im.name, im.config, im.rows, im.cols) for im in images], mults, bus)
+                       layer_meta: dict | None = None, mults: int = 32, bus: int = 64,
+                       cfg: AccelConfig | None = None) -> Path:
+    """Writes images (post-training or trained) with the covering accelerator config,
+    or with build `cfg` when given (e.g. the build a search costed its candidates on;
+    a layer it cannot run is a ConfigError naming it)."""
+    if cfg is None:
+        cfg = accel_config_for([(im.name, im.config, im.rows, im.cols) for im in images],
+                               mults, bus)
+    for im in images:
+        cfg.check_layer(im.config, im.rows, im.cols, f"layer {im.name}")
     return Path(write_images(out, cfg, images, meta=meta, layer_meta=layer_meta))
 
 

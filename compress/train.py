@@ -77,7 +77,7 @@ from compress.calib import capture_inputs
 from compress.quantize import (dequantize, image_from_fields, int_range, int_row_scale,
                                layer_bits, quantize_weights)
 from compress.run import write_model_images
-from ssvq.config import LayerConfig
+from ssvq.config import AccelConfig, LayerConfig
 from ssvq.errors import ConfigError
 from ssvq.image import LayerImage
 
@@ -616,9 +616,10 @@ class QuantizedModel(nn.Module):
         return imgs
 
     def write_images(self, out_dir, calibration=None, meta: dict | None = None,
-                     mults: int = 32, bus: int = 64):
+                     mults: int = 32, bus: int = 64, accel: AccelConfig | None = None):
         """export() written through compress.run.write_model_images (the writer of
-        post-training images too); the manifest records the training recipe."""
+        post-training images too); the manifest records the training recipe. accel:
+        the build to write (default: the covering build of the exported configs)."""
         imgs = self.export(calibration)
         bits = self.bits(mults, bus)
         m = {"trained": True, "bits_per_weight": bits["bits_per_weight"],
@@ -627,7 +628,7 @@ class QuantizedModel(nn.Module):
         layer_meta = {im.name: {"trained": True, "spec": self._q[im.name].spec.to_dict(),
                                 "bits_per_weight": bits["layers"][im.name]} for im in imgs}
         return write_model_images(out_dir, imgs, meta=m, layer_meta=layer_meta, mults=mults,
-                                  bus=bus)
+                                  bus=bus, cfg=accel)
 
     def to_float(self) -> nn.Module:
         """A plain copy of the model with every quantized layer back as an

@@ -57,6 +57,8 @@ def test_verdict():
     (["--model", "minilm", "--budget-minutes", "0"], "--budget-minutes"),
     (["--model", "minilm", "--methods", "ssvq-k999"], "--methods"),
     (["--model", "digits", "--methods", "ssvq-k256-d8"], "--methods"),
+    (["--model", "digits", "--methods", "nas", "--nas-budget", "0.5,-1"], "--nas-budget"),
+    (["--model", "digits", "--methods", "nas", "--nas-budget", "half"], "--nas-budget"),
 ])
 def test_bad_quality_arguments_exit_2_without_output(tmp_path, capsys, argv, field):
     out = tmp_path / "q"

@@ -97,11 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the ~3-bit group): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
                    "ssvq-k256-d8-reassign, int8, int4, int3. digits: run only these "
                    "training methods (comma or space separated; ssvq.app.quality.methods: "
-                   "cosvq, dkm, diffq, lr2vq, qsd, vq, ssvq, int4), each configuration trained "
-                   "for --row-seconds")
+                   "cosvq, dkm, diffq, lr2vq, qsd, vq, ssvq, int4, nas), each configuration "
+                   "trained for --row-seconds")
     q.add_argument("--row-seconds", type=float,
                    help="digits --methods: wall-clock training seconds of every trained row "
                    "(default 20; equal for all rows)")
+    q.add_argument("--nas-budget", metavar="FRACTIONS",
+                   help="digits --methods nas: cycle budgets as fractions of the int8 "
+                   "model's cycles (sim.golden.timing), comma separated (default 0.6,0.4); "
+                   "one searched row per budget (search --row-seconds, fine-tuning half "
+                   "of it)")
     q.add_argument("--out", help="report folder (default reports/quality-<model>)")
     q.set_defaults(func=_cmd("ssvq.app.quality.command", "quality_cmd"))
 

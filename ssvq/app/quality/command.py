@@ -23,8 +23,9 @@ def quality_cmd(args) -> int:
         row_seconds = float(getattr(args, "row_seconds", None) or 20.0)
         if row_seconds <= 0:
             raise UserError(f"--row-seconds: expected a positive number, found {row_seconds}")
+        fractions = _fractions(getattr(args, "nas_budget", None))
         out.mkdir(parents=True, exist_ok=True)
-        res = digits.run_digits_methods(out, names, row_seconds)
+        res = digits.run_digits_methods(out, names, row_seconds, nas_fractions=fractions)
     elif args.model == "digits":
         out.mkdir(parents=True, exist_ok=True)
         res = digits.run_digits(out, budget)
@@ -39,3 +40,17 @@ def quality_cmd(args) -> int:
         return 1
     return 0
 
+
+
+def _fractions(text: str | None) -> tuple[float, ...] | None:
+    """--nas-budget "0.6,0.4" -> (0.6, 0.4); None -> None (the default)."""
+    if text is None:
+        return None
+    try:
+        fr = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        fr = ()
+    if not fr or any(not f > 0 for f in fr):
+        raise UserError(f"--nas-budget: expected positive fractions of the int8 cycles, comma "
+                        f"separated (e.g. 0.6,0.4), found {text!r}")
+    return fr

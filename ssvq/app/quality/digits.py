@@ -296,10 +296,13 @@ def _write_digits_report(out: Path, rows, freeze_logs, fp32, seconds, steps):
 
 
 # ================================================================== --methods
-def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: int = 0) -> dict:
+def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: int = 0,
+                       nas_fractions=None) -> dict:
     """fp32, then every configuration of each named method (quality.methods):
     its initialisation (post-training) and the model trained for row_seconds
-    of wall-clock time, each measured on its exported images."""
+    of wall-clock time, each measured on its exported images. "nas": one
+    searched row per cycle budget in nas_fractions (of the int8 cycles;
+    ssvq.app.quality.nas)."""
     from compress.models import accuracy, digits_data, load_model
     from ssvq.app.quality.methods import METHODS
     t_all = time.perf_counter()
@@ -332,6 +335,16 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
         return imgs
 
     for method in methods:
+        if method == "nas":
+            from ssvq.app.quality import nas
+            for row in nas.run_digits_nas(out, base, X, Y, xte, yte,
+                                          nas_fractions or nas.DEFAULT_FRACTIONS, row_seconds,
+                                          measure, seed):
+                rows.append(row)
+                _say_row(row)
+                say(f"         choice {row['choice']}: {row['cycles']} cycles, budget "
+                    f"{row['budget_cycles']:.0f} (int8 {row['int8_cycles']})")
+            continue
         for label, make, lrs in METHODS[method]:
             spec = make(seed)
             t0 = time.perf_counter()
@@ -363,6 +376,8 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
          "rows": rows}, indent=1, default=float))
     cols = ["method", "config", "trained", "bits_per_weight", "accuracy", "accuracy_int8_act",
             "steps", "images_round_trip", "seconds"]
+    if any(r["method"] == "nas" for r in rows):
+        cols.insert(4, "cycles")
     lines = ["# digits: training methods at equal wall-clock budget", "",
              f"Every trained row: {row_seconds:g} s of compress.train.fit (Adam, cosine "
              f"learning rate, batches of 64) from its post-training initialisation (the "
@@ -371,6 +386,9 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
              f"activations) and through ssvq.reference with int8 activations; "
              f"bits/weight as the images stream them. Total {time.perf_counter() - t_all:.0f} s.",
              "", table(rows, cols), ""]
+    searched = [r for r in rows if r["method"] == "nas"]
+    if searched:
+        lines += _nas_section(searched, rows, row_seconds)
     est = [r for r in rows if r.get("estimated_error") is not None]
     if est:
         trained = {r["config"]: r for r in rows if r["method"] == "lr2vq" and r["trained"]}
@@ -410,3 +428,31 @@ def _say_row(row):
         f"bits/weight {row['bits_per_weight']:6.3f}  accuracy {row['accuracy']:.4f}  "
         f"int8-act {row['accuracy_int8_act']:.4f}"
         + (f"  steps {row['steps']}" if "steps" in row else "") + f"  ({row['seconds']:.1f}s)")
+
+
+def _nas_section(searched, rows, row_seconds) -> list[str]:
+    """The nas rows: per-layer choice, cycles against the budget, accuracy."""
+    names = list(searched[0]["choice"])
+    lines = ["## nas: per-layer configuration search under a cycle budget", "",
+             f"compress.nas (ProxylessNAS-style: one candidate sampled per layer and step, "
+             f"expected-cycles hinge), cycles from sim.golden.timing on the build the images "
+             f"are written with; search {row_seconds:g} s, then the argmax plan (repaired "
+             f"to the budget if over) fine-tuned {row_seconds / 2:g} s. Budget = fraction x "
+             f"the int8 model's cycles ({searched[0]['int8_cycles']}).", "",
+             "| budget | budget cycles | argmax cycles | cycles | " + " | ".join(names)
+             + " | bits/weight | accuracy after search | accuracy | int8-act |",
+             "|---" * (len(names) + 8) + "|"]
+    for r in searched:
+        lines.append(f"| {r['budget_fraction']:g} | {r['budget_cycles']:.0f} | "
+                     f"{r['argmax_cycles']} | {r['cycles']} | "
+                     + " | ".join(r["choice"][n] for n in names)
+                     + f" | {r['bits_per_weight']:.3f} | {r['accuracy_searched']:.4f} | "
+                     f"{r['accuracy']:.4f} | {r['accuracy_int8_act']:.4f} |")
+    lines += ["", "argmax cycles: the plan of argmax alpha per layer; when over the budget the "
+              "repair step moved layers to cheaper candidates (most probable first): "
+              + ("; ".join(f"budget {r['budget_fraction']:g}: " + ", ".join(
+                  f"{n} {a} -> {b}" for n, a, b in r["repairs"]) for r in searched
+                  if r["repairs"]) or "not needed in this run") + ".", ""]
+    lines += ["", "Plans (compress.plan JSON, usable as `ssvq compress --config`): "
+              + ", ".join(f"`{r['plan']}`" for r in searched) + ".", ""]
+    return lines

@@ -45,10 +45,15 @@ METHODS = {
 }
 
 
+# searched per-layer configurations (compress.nas via ssvq.app.quality.nas): one row
+# per cycle budget (--nas-budget), not a fixed list of configurations
+SEARCHES = ("nas",)
+
+
 def check_methods(names: list[str]) -> list[str]:
     from ssvq.errors import UserError
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in METHODS and m not in SEARCHES]
     if unknown:
         raise UserError(f"--methods: unknown digits method(s) {unknown}; expected some of "
-                        f"{list(METHODS)}")
+                        f"{list(METHODS) + list(SEARCHES)}")
     return names
