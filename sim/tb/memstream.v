@@ -123,6 +123,10 @@ module ssvq_memstream_tb #(
         if ($value$plusargs("ssvq_in=%s", fname)) $readmemh(fname, in_mem);
         if ($value$plusargs("ssvq_tab=%s", fname)) $readmemh(fname, tab);
         if ($value$plusargs("ssvq_marks=%s", fname)) $readmemh(fname, marks);
+        if ($value$plusargs("ssvq_waves=%s", fname)) begin
+            $dumpfile(fname);
+            $dumpvars(0, ssvq_memstream_tb);
+        end
     end
     reg dump_q = 0;
     always @(posedge clk) begin

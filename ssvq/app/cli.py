@@ -63,7 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--stall-prob", type=float, default=0.0,
                    help="probability of an input gap / output back-pressure each cycle")
+    s.add_argument("--stall-prob-in", type=float, help="input gaps only (default --stall-prob)")
+    s.add_argument("--stall-prob-out", type=float,
+                   help="output back-pressure only (default --stall-prob)")
     s.add_argument("--latency", type=int, default=0, help="memory model latency in cycles")
+    s.add_argument("--overlap", action="store_true",
+                   help="queue each layer's stream right behind the previous one's")
+    s.add_argument("--stimulus", choices=["memstream", "python"], default="memstream",
+                   help="memstream: streams and stall generators inside the simulation "
+                   "(fast); python: every beat driven from Python")
+    s.add_argument("--waves", action="store_true",
+                   help="write a waveform into --out/_job (dump.vcd on Verilator, waves.fst on Icarus)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd("ssvq.app.commands", "sim_cmd"))
 

@@ -34,8 +34,15 @@ def sim_cmd(args) -> int:
     from sim.runner import pick_layers, prepare_images, simulate_images
     from ssvq.image import read_images
 
-    if not 0.0 <= args.stall_prob < 1.0:
-        raise UserError(f"--stall-prob: expected a probability in [0, 1), found {args.stall_prob}")
+    for flag in ("stall_prob", "stall_prob_in", "stall_prob_out"):
+        v = getattr(args, flag)
+        if v is not None and not 0.0 <= v < 1.0:
+            raise UserError(f"--{flag.replace('_', '-')}: expected a probability in [0, 1), "
+                            f"found {v}")
+    if args.stimulus == "python" and (args.stall_prob_in is not None
+                                      or args.stall_prob_out is not None):
+        raise UserError("--stall-prob-in/--stall-prob-out: expected --stimulus memstream "
+                        "(the python driver has one --stall-prob), found --stimulus python")
     if args.latency < 0:
         raise UserError(f"--latency: expected a number of cycles >= 0, found {args.latency}")
     build_cfg = load_build_config(args.build_config) if args.build_config else None
@@ -51,7 +58,9 @@ def sim_cmd(args) -> int:
     try:
         summary = simulate_images(args.images, names, args.simulator, args.seed,
                                   args.stall_prob, args.latency, args.out, progress,
-                                  prepared=prepared)
+                                  prepared=prepared, overlap=args.overlap,
+                                  stimulus=args.stimulus, stall_prob_in=args.stall_prob_in,
+                                  stall_prob_out=args.stall_prob_out, waves=args.waves)
     except SimError as e:
         progress(f"FAILED: {e}")
         return 1
@@ -59,7 +68,8 @@ def sim_cmd(args) -> int:
     bad = [l["name"] for l in summary["layers"] if not l["passed"]]
     progress(f"{n - len(bad)}/{n} layers passed on {args.simulator}; "
              f"{summary['total_cycles_rtl']} cycles in {summary['sim_seconds']} s with start-up "
-             f"({summary['layer_cycles_per_second']} cycles/s while running layers); summary in "
+             f"({summary['layer_cycles_per_second']} cycles/s while running layers, "
+             f"{summary['stimulus']} stimulus); summary in "
              f"{Path(args.out) / 'sim_summary.json'}")
     if bad:
         progress(f"FAILED: {', '.join(bad)}")
