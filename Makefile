@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.ssvq-setup
 JOBS ?= 2
 
-.PHONY: setup demo demo-all test test-all lint clean
+.PHONY: setup demo demo-all test test-all regress lint clean
 
 setup: $(STAMP)
 
@@ -32,10 +32,20 @@ demo-all: setup
 	$(VENV)/bin/ssvq demo --all-layers
 
 test: setup
-	$(VENV)/bin/python -m pytest -q -n $(JOBS) --dist loadgroup -m "not slow"
+	$(VENV)/bin/python -m pytest -q -n $(JOBS) --dist loadgroup -m "not slow and not regress"
 
 test-all: setup
-	$(VENV)/bin/python -m pytest -q -n $(JOBS) --dist loadgroup
+	$(VENV)/bin/python -m pytest -q -n $(JOBS) --dist loadgroup -m "not regress"
+
+# `make regress`: REGRESS_RUNS seeded runs (default 1000) in parallel, JUnit XML and a
+# coverage summary in reports/regress/; fails on a failed run or a missing necessary bin
+REGRESS_RUNS ?= 1000
+regress: setup
+	rm -rf build/regress
+	SSVQ_REGRESS_RUNS=$(REGRESS_RUNS) $(VENV)/bin/python -m pytest -q -n $(JOBS) -m regress \
+	  tests/regress --junitxml=reports/regress/junit.xml -p no:cacheprovider; \
+	  status=$$?; $(VENV)/bin/python -m sim.regress coverage build/regress --out reports/regress \
+	  && exit $$status
 
 clean:
 	rm -rf build .cache reports/demo

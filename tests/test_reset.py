@@ -20,7 +20,7 @@ import pytest
 from sim.tb.test_memstream import RESET_PHASES
 from ssvq.config import AccelConfig
 from ssvq.image import write_images
-from tests.test_sim_accel import random_layer
+from sim.regress import random_layer
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_ROOT = REPO / "build" / "sim"

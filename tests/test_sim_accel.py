@@ -54,42 +54,7 @@ STALL_SHAPES = {c: v[:4] for c, v in SHAPES.items()}
 
 
 # ---------------------------------------------------------------- random layers
-def random_layer(name: str, rows: int, cols: int, rng: np.random.Generator, lname: str,
-                 extremes: bool = False) -> LayerImage:
-    lc = LayerConfig.parse(name)
-    img = LayerImage(name=lname, config=lc, rows=rows, cols=cols, bias=None, mult=None,
-                     shift=None, act=rng.integers(-128, 128, cols).astype(np.int8))
-    if lc.mode == "int":
-        b = lc.bits
-        img.weights = (rng.choice([-1, 1], (rows, cols)) if b == 1 else
-                       rng.integers(-(1 << (b - 1)), 1 << (b - 1), (rows, cols))).astype(np.int8)
-    else:
-        v = -(-cols // lc.d)
-        if lc.mode == "ssvq":
-            img.codebook = rng.integers(0, 256, (lc.m * lc.k, lc.d)).astype(np.uint8)
-            img.signs = rng.integers(0, 2, (rows, cols)).astype(np.uint8)
-        else:
-            img.codebook = rng.integers(-128, 128, (lc.m * lc.k, lc.d)).astype(np.int8)
-        img.codes = rng.integers(0, lc.k, (rows, v, lc.m)).astype(np.int32)
-        if lc.coef_bits:
-            h = 1 << (lc.coef_bits - 1)
-            img.coefs = rng.integers(-h, h, (rows, v, lc.m)).astype(np.int8)
-    acc = accumulate(img)
-    bias = rng.integers(-(1 << 12), 1 << 12, rows)
-    mult = rng.integers(1, 1 << 16, rows)
-    # shift so that outputs land mostly inside int8 with some saturation
-    mag = np.maximum(np.abs(acc + bias) * mult, 1)
-    shift = np.clip(np.ceil(np.log2(mag)).astype(np.int64) - 6 + rng.integers(-2, 2, rows), 1, 63)
-    if extremes:
-        # requantization corners: full-range bias/mult, shift 1 and 63, zero mult
-        k = rows
-        bias[: k // 4] = rng.choice([-(1 << 31), (1 << 31) - 1, 0, -1], k // 4)
-        mult[k // 4: k // 2] = rng.choice([0, 1, (1 << 16) - 1], k // 2 - k // 4)
-        shift[k // 2: 3 * k // 4] = rng.choice([1, 2, 62, 63], 3 * k // 4 - k // 2)
-    img.bias = bias.astype(np.int32)
-    img.mult = mult.astype(np.uint16)
-    img.shift = shift.astype(np.uint8)
-    return img
+from sim.regress import random_layer  # noqa: E402  (shared with the regression)
 
 
 def make_images(tmp: Path, cfg: AccelConfig, shapes, seed: int, extremes=False) -> Path:
