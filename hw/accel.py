@@ -7,7 +7,7 @@ mode, K, D, bit width and codeword count chosen at run time by its header.
 The same multipliers serve every mode, so int8 and int4 are fair baselines on the
 same bus. docs/ARCH.md has the ports and timing; docs/FORMAT.md the stream.
 """
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,7 +17,8 @@ from hw.mac import MacArray
 from hw.memories import RecordMemory
 from hw.packer import OutputPacker
 from hw.requant import Requantizer
-from ssvq.config import ACT_BITS, COUNTERS, PARAM_BITS, AccelConfig, Mode
+from ssvq.config import (ACT_BITS, COUNTERS, HEADER_MAGIC, HEADER_MAGIC_V1, PARAM_BITS,
+                         AccelConfig, Mode, log2)
 
 COUNTER_BITS = 32
 DECODE_LATENCY = max(IntDecode.LATENCY, CodebookDecode.LATENCY)
@@ -30,12 +31,55 @@ SECTION_OF = {InPhase.HEADER: "header", InPhase.CODEBOOK: "codebook",
               InPhase.PARAMS: "params", InPhase.ACTS: "acts", InPhase.WEIGHTS: "weights"}
 
 
+def header_cause(cfg: AccelConfig, hdr):
+    """Cause code (hw.regs.CAUSES) of a header this build cannot run, 0 if it can:
+    the same rules as AccelConfig.check_layer, first failing rule wins."""
+    from hw.regs import CAUSES
+
+    is_int = hdr.mode == Mode.INT
+    mode_ok = Const(0, 1)
+    for md in cfg.modes:
+        mode_ok = mode_ok | (hdr.mode == Mode[md.upper()])
+    bits_ok = Const(0, 1)
+    for b in cfg.int_bits:
+        bits_ok = bits_ok | (hdr.bits == b)
+    d_ok = Const(0, 1)
+    for d in cfg.d_set:
+        d_ok = d_ok | (hdr.log2_d == log2(d))
+    rules = [
+        ("magic", (hdr.magic != HEADER_MAGIC) & (hdr.magic != HEADER_MAGIC_V1)),
+        ("version", hdr.magic == HEADER_MAGIC_V1),
+        ("mode", ~mode_ok),
+        ("bits", is_int & ~bits_ok),
+        ("k", ~is_int & ((hdr.code_bits > log2(cfg.kmax)) | (hdr.code_bits == 0))),
+        ("d", ~is_int & ~d_ok),
+        ("m", ~is_int & ((hdr.m == 0) | (hdr.m > cfg.m_max))),
+        ("coef_bits", ~is_int & (hdr.coef_bits > cfg.coef_bits_max)),
+        ("rows", (hdr.rows == 0) | (hdr.rows > cfg.max_rows)),
+        ("cols", (hdr.cols == 0) | (hdr.cols > cfg.max_cols)),
+    ]
+    cause = Const(0, 4)
+    for name, bad in reversed(rules):
+        cause = Mux(bad, CAUSES[name], cause)
+    return cause
+
+
 class Accelerator(wiring.Component):
+    """The core: `amaranth.lib.stream` ports, busy and the live counters. The
+    generated top (hw/top.py) wraps it in AXI4-Stream and AXI4-Lite."""
+
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         ports = {"i_stream": In(stream.Signature(cfg.bus)),
                  "o_stream": Out(stream.Signature(cfg.bus)),
-                 "busy": Out(1)}
+                 "busy": Out(1),
+                 # framing and error checks (used by the top, hw/top.py)
+                 "halt": In(1),          # stop: accept no input beat, do not leave DECODE
+                 "in_last": Out(1),      # an input beat accepted now is the layer's last
+                 "o_last": Out(1),       # the beat on o_stream is the layer's last
+                 "hdr_cause": Out(4),    # the latched header is bad (hw.regs.CAUSES), 0: ok
+                 "started": Out(1),      # a layer's first header beat is accepted
+                 "layer_done": Out(1)}   # a layer's last output beat is accepted
         ports.update({f"cnt_{c}": Out(COUNTER_BITS) for c in COUNTERS})
         super().__init__(ports)
 
@@ -51,7 +95,12 @@ class Accelerator(wiring.Component):
         wiring.connect(m, pk.o_stream, wiring.flipped(self.o_stream))
         en = pk.en
         hdr = ld.hdr
-        m.d.comb += [ld.en.eq(en), ld.layer_done.eq(pk.layer_done), pk.start.eq(ld.started)]
+        m.d.comb += [ld.en.eq(en), ld.layer_done.eq(pk.layer_done), pk.start.eq(ld.started),
+                     ld.halt.eq(self.halt), self.in_last.eq(ld.last_beat),
+                     self.o_last.eq(pk.o_last), self.started.eq(ld.started),
+                     self.layer_done.eq(pk.layer_done)]
+        with m.If(ld.decoding):
+            m.d.comb += self.hdr_cause.eq(header_cause(cfg, hdr))
 
         # activations: written by the loader, read with the group's index (stage 1)
         m.d.comb += [acts.w_en.eq(ld.act_w_en), acts.w_addr.eq(ld.act_w_addr),

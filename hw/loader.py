@@ -59,6 +59,9 @@ class SectionLoader(wiring.Component):
         super().__init__({
             "i_stream": In(stream.Signature(cfg.bus)),
             "en": In(1),                 # pipeline enable (low: output back-pressure)
+            "halt": In(1),               # error: accept no beat, do not leave DECODE
+            "last_beat": Out(1),         # a beat accepted now is the layer's last
+            "decoding": Out(1),          # the header is latched and being decoded
             "layer_done": In(1),         # the layer's last output beat is accepted
             "started": Out(1),           # the layer's first header beat is accepted
             "in_phase": Out(InPhase),    # section of a beat accepted this cycle
@@ -109,9 +112,13 @@ class SectionLoader(wiring.Component):
         in_left = Signal(48, init=hb)
         phase = Signal(Phase)
         decode_done = Signal()
-        m.d.comb += decode_done.eq((phase == Phase.DECODE) & (dcnt == self.DECODE_CYCLES - 1))
+        m.d.comb += decode_done.eq((phase == Phase.DECODE) & (dcnt == self.DECODE_CYCLES - 1)
+                                   & ~self.halt)
         m.d.comb += [self.in_phase.eq(in_phase),
-                     gb.i_allow.eq((in_phase != InPhase.WAIT) & (in_phase != InPhase.DONE)),
+                     gb.i_allow.eq((in_phase != InPhase.WAIT) & (in_phase != InPhase.DONE)
+                                   & ~self.halt),
+                     self.last_beat.eq((in_phase == InPhase.WEIGHTS) & (in_left == 1)),
+                     self.decoding.eq(phase == Phase.DECODE),
                      self.started.eq(self.accept & (in_phase == InPhase.HEADER)
                                      & (in_left == hb))]
         accept = self.accept
@@ -178,31 +185,32 @@ class SectionLoader(wiring.Component):
                     m.d.sync += [hdr.eq(gb.head[:HEADER_BITS]), phase.eq(Phase.DECODE),
                                  dcnt.eq(0)]
             with m.Case(Phase.DECODE):
-                m.d.sync += dcnt.eq(dcnt + 1)
-                with m.Switch(dcnt):
-                    with m.Case(0):
-                        e = code_bits + hdr.log2_d + log2(CW_BITS) + (hdr.m == 2)
-                        slots = ((hdr.code_bits + hdr.coef_bits)
-                                 << (lm - hdr.log2_d + hdr.m - 1).as_unsigned()[:6])
-                        m.d.sync += [
-                            groups.eq(ceil_shift(hdr.cols, lm)),
-                            cw_bits.eq(CW_BITS << hdr.log2_d),
-                            cb_records.eq(Mux(is_int, 0, hdr.m << code_bits)),
-                            cb_beats.eq(Mux(e >= lb, Const(1, 1) << (e - lb).as_unsigned()[:6], 1)),
-                            prm_beats.eq(ceil_shift(hdr.rows << log2(PARAM_BITS), lb)),
-                            grp_bits.eq(Mux(is_int, hdr.bits << lm,
-                                            slots + Mux(is_ssvq, cfg.mults, 0))),
-                        ]
-                    with m.Case(1):
-                        m.d.sync += [total_groups.eq(hdr.rows * groups),
-                                     act_beats.eq(ceil_shift(groups << (lm + log2(ACT_BITS)),
-                                                             lb))]
-                    with m.Default():
-                        m.d.sync += wbits.eq(total_groups * grp_bits)
-                        with m.If(is_int):
-                            m.d.sync += start_section(Phase.PARAMS, hdr.rows)
-                        with m.Else():
-                            m.d.sync += start_section(Phase.CODEBOOK, cb_records)
+                with m.If(~self.halt):     # a bad header (the top's check) stops here
+                    m.d.sync += dcnt.eq(dcnt + 1)
+                    with m.Switch(dcnt):
+                        with m.Case(0):
+                            e = code_bits + hdr.log2_d + log2(CW_BITS) + (hdr.m == 2)
+                            slots = ((hdr.code_bits + hdr.coef_bits)
+                                     << (lm - hdr.log2_d + hdr.m - 1).as_unsigned()[:6])
+                            m.d.sync += [
+                                groups.eq(ceil_shift(hdr.cols, lm)),
+                                cw_bits.eq(CW_BITS << hdr.log2_d),
+                                cb_records.eq(Mux(is_int, 0, hdr.m << code_bits)),
+                                cb_beats.eq(Mux(e >= lb, Const(1, 1) << (e - lb).as_unsigned()[:6], 1)),
+                                prm_beats.eq(ceil_shift(hdr.rows << log2(PARAM_BITS), lb)),
+                                grp_bits.eq(Mux(is_int, hdr.bits << lm,
+                                                slots + Mux(is_ssvq, cfg.mults, 0))),
+                            ]
+                        with m.Case(1):
+                            m.d.sync += [total_groups.eq(hdr.rows * groups),
+                                         act_beats.eq(ceil_shift(groups << (lm + log2(ACT_BITS)),
+                                                                 lb))]
+                        with m.Default():
+                            m.d.sync += wbits.eq(total_groups * grp_bits)
+                            with m.If(is_int):
+                                m.d.sync += start_section(Phase.PARAMS, hdr.rows)
+                            with m.Else():
+                                m.d.sync += start_section(Phase.CODEBOOK, cb_records)
             with m.Case(Phase.CODEBOOK):
                 with m.If(take & last):
                     m.d.sync += start_section(Phase.PARAMS, hdr.rows)

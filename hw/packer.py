@@ -19,6 +19,7 @@ class OutputPacker(wiring.Component):
             "start": In(1),                     # a new layer: start an empty beat
             "o_stream": Out(stream.Signature(cfg.bus)),
             "en": Out(1), "layer_done": Out(1),
+            "o_last": Out(1),                   # the beat on o_stream is the layer's last
         })
 
     def elaborate(self, platform):
@@ -26,7 +27,7 @@ class OutputPacker(wiring.Component):
         per = bus // OUT_BITS
         m = Module()
         o = self.o_stream
-        o_last = Signal()
+        o_last = self.o_last
         m.d.comb += [self.en.eq(~(o.valid & ~o.ready)),
                      self.layer_done.eq(o.valid & o.ready & o_last)]
         y = Signal(signed(OUT_BITS))

@@ -54,12 +54,15 @@ def strip_memory_init(text: str) -> tuple[str, int]:
 
 
 def generate(cfg: AccelConfig, out_dir) -> Path:
-    """Writes ssvq_accel.v and params.json into out_dir; returns the .v path."""
-    from hw.accel import Accelerator
+    """Writes ssvq_accel.v (top: hw.top.AcceleratorTop), params.json, the register
+    map's C header and markdown (ssvq_regs.h, regs.md, from hw/regs.rdl) into
+    out_dir; returns the .v path."""
+    from hw.regs import write_outputs
+    from hw.top import AcceleratorTop
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text, _ = strip_memory_init(verilog.convert(Accelerator(cfg), name=TOP, emit_src=False))
+    text, _ = strip_memory_init(verilog.convert(AcceleratorTop(cfg), name=TOP, emit_src=False))
     tmp = out / f".{TOP}.v.tmp"
     tmp.write_text(text)
     os.replace(tmp, out / f"{TOP}.v")
@@ -68,6 +71,7 @@ def generate(cfg: AccelConfig, out_dir) -> Path:
               "lanes_max": cfg.lanes_max, "weight_bits": cfg.weight_bits,
               "max_record_bits": cfg.max_record_bits, "max_group_bits": cfg.max_group_bits}
     (out / "params.json").write_text(json.dumps(params, indent=1))
+    write_outputs(out)
     return out / f"{TOP}.v"
 
 

@@ -42,7 +42,8 @@ class Transfer:
 
 
 class StreamDriver(StreamEndpoint):
-    """Feeds queued bursts of beats (python ints) into ``<prefix>__payload/valid/ready``.
+    """Feeds queued bursts of beats (python ints) into ``<prefix>_tdata/tvalid/tready``,
+    with ``tlast`` high on each burst's last beat (a burst is one layer stream).
 
     ``send(beats)`` queues one layer's stream and returns its Transfer; bursts
     follow each other in order. The first beat of a burst is presented
@@ -55,7 +56,7 @@ class StreamDriver(StreamEndpoint):
     cnt_stall definition; the caller picks the busy cycles out of it).
     """
 
-    def __init__(self, dut, prefix: str = "i_stream", rng: random.Random | None = None,
+    def __init__(self, dut, prefix: str = "s_axis", rng: random.Random | None = None,
                  stall_prob: float = 0.0, latency: int = 0, period_steps: int = 1, clk=None):
         super().__init__(dut, prefix, rng or random.Random(0), stall_prob, period_steps, clk,
                          owned="valid")
@@ -71,7 +72,8 @@ class StreamDriver(StreamEndpoint):
 
     async def _run(self):
         edge, ro = RisingEdge(self.clk), ReadOnly()
-        valid, payload, ready = self.valid, self.payload, self.ready
+        valid, payload, ready, last = self.valid, self.payload, self.ready, self.last
+        last.value = 0
         rng, p, period, queue = self.rng, self.stall_prob, self.period, self.queue
         idle_ready = self.idle_ready
         width = len(payload)
@@ -101,6 +103,7 @@ class StreamDriver(StreamEndpoint):
                         payload.value = rng.getrandbits(width)   # junk while valid is low
                     else:
                         payload.value = beats[pos]
+                        last.value = int(pos == len(beats) - 1)
                         presenting = True
                 if presenting != valid_high:
                     valid.value = 1 if presenting else 0

@@ -1,5 +1,6 @@
-"""What the stream driver and monitor share: the three handshake signals of one
-`amaranth.lib.stream` port, a seeded stall source, and one background coroutine."""
+"""What the stream driver and monitor share: the signals of one AXI4-Stream port
+(``<prefix>_tdata/_tvalid/_tready/_tlast``), a seeded stall source, and one
+background coroutine."""
 from __future__ import annotations
 
 import random
@@ -11,9 +12,10 @@ class StreamEndpoint:
     def __init__(self, dut, prefix: str, rng: random.Random, stall_prob: float,
                  period_steps: int, clk, owned: str):
         self.clk = clk if clk is not None else dut.clk
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
+        self.payload = getattr(dut, f"{prefix}_tdata")
+        self.valid = getattr(dut, f"{prefix}_tvalid")
+        self.ready = getattr(dut, f"{prefix}_tready")
+        self.last = getattr(dut, f"{prefix}_tlast")
         self.rng = rng
         self.stall_prob = float(stall_prob)
         self.period = int(period_steps)

@@ -63,7 +63,12 @@ module ssvq_memstream_tb #(
     output reg  [31:0] res_acts /*verilator public_flat_rw*/ = 0,
     output reg  [31:0] res_weights /*verilator public_flat_rw*/ = 0,
     output reg  [31:0] res_out /*verilator public_flat_rw*/ = 0,
-    output reg  [31:0] resets /*verilator public_flat_rw*/ = 0                // layers abandoned by a reset
+    output reg  [31:0] resets /*verilator public_flat_rw*/ = 0,               // layers abandoned by a reset
+    output reg  [31:0] res_status /*verilator public_flat_rw*/ = 0,           // STATUS register then
+    output reg  [31:0] res_tlast_bad /*verilator public_flat_rw*/ = 0,        // output beats with a wrong m_axis_tlast
+    output reg         rd_overrun /*verilator public_flat_rw*/ = 0,           // a layer ended while registers were read
+    input  wire        rd_req /*verilator public_flat_rw*/,                   // rising: read the registers (no layer event)
+    output reg  [31:0] reg_events /*verilator public_flat_rw*/ = 0            // reads done for rd_req
 );
     // The clock is made here, not by cocotb: a clock from cocotb costs a trip through
     // the simulator's VPI every half period, which bounds Verilator at ~80k cycles/s.
@@ -83,20 +88,21 @@ module ssvq_memstream_tb #(
 
     // ------------------------------------------------------------------ the DUT
     reg  i_valid = 0;
+    reg  i_last = 0;
     reg  [BUS-1:0] i_data = 0;
     wire i_ready;
     reg  o_ready = 0;
     wire o_valid /*verilator public_flat_rd*/;
+    wire o_last;
     wire [BUS-1:0] o_data;
     wire busy /*verilator public_flat_rd*/;
-    wire [31:0] c_cycles /*verilator public_flat_rd*/;
-    wire [31:0] c_stall /*verilator public_flat_rd*/;
-    wire [31:0] c_header /*verilator public_flat_rd*/;
-    wire [31:0] c_codebook /*verilator public_flat_rd*/;
-    wire [31:0] c_params /*verilator public_flat_rd*/;
-    wire [31:0] c_acts /*verilator public_flat_rd*/;
-    wire [31:0] c_weights /*verilator public_flat_rd*/;
-    wire [31:0] c_out /*verilator public_flat_rd*/;
+    wire irq;
+    // AXI4-Lite master (reads only; the read sequencer below)
+    reg  [7:0] ar_addr = 0;
+    reg  ar_valid = 0;
+    wire ar_ready, r_valid, aw_ready, w_ready, b_valid;
+    wire [31:0] r_data;
+    wire [1:0] r_resp, b_resp;
 
 
     // rst from cocotb, registered: the DUT's combinational logic then depends on
@@ -107,12 +113,17 @@ module ssvq_memstream_tb #(
 
     ssvq_accel dut (
         .clk(clk), .rst(rst_q),
-        .i_stream__payload(i_data), .i_stream__valid(i_valid), .i_stream__ready(i_ready),
-        .o_stream__payload(o_data), .o_stream__valid(o_valid), .o_stream__ready(o_ready),
-        .busy(busy),
-        .cnt_cycles(c_cycles), .cnt_stall(c_stall), .cnt_header(c_header),
-        .cnt_codebook(c_codebook), .cnt_params(c_params), .cnt_acts(c_acts),
-        .cnt_weights(c_weights), .cnt_out(c_out));
+        .s_axis_tdata(i_data), .s_axis_tvalid(i_valid), .s_axis_tready(i_ready),
+        .s_axis_tlast(i_last),
+        .m_axis_tdata(o_data), .m_axis_tvalid(o_valid), .m_axis_tready(o_ready),
+        .m_axis_tlast(o_last),
+        .s_axil_awaddr(8'd0), .s_axil_awvalid(1'b0), .s_axil_awready(aw_ready),
+        .s_axil_wdata(32'd0), .s_axil_wstrb(4'd0), .s_axil_wvalid(1'b0), .s_axil_wready(w_ready),
+        .s_axil_bresp(b_resp), .s_axil_bvalid(b_valid), .s_axil_bready(1'b1),
+        .s_axil_araddr(ar_addr), .s_axil_arvalid(ar_valid), .s_axil_arready(ar_ready),
+        .s_axil_rdata(r_data), .s_axil_rresp(r_resp), .s_axil_rvalid(r_valid),
+        .s_axil_rready(1'b1),
+        .irq(irq), .busy(busy));
 
     // ------------------------------------------------------------------- files
     reg [1023:0] fname;
@@ -214,6 +225,7 @@ module ssvq_memstream_tb #(
                 end else begin
                     i_valid <= 1;
                     i_data <= in_mem[nx_addr];
+                    i_last <= nx_pos + 1 == nx[63:32];     // s_axis_tlast: the layer's last beat
                 end
             end
         end
@@ -225,7 +237,16 @@ module ssvq_memstream_tb #(
     reg in_window = 0;             // after a header, up to its layer's last output beat
     reg [31:0] stall_p = 0, stall_g = 0, gaps = 0, in_beats = 0;
     reg snap = 0;
+    reg [31:0] tl_bad = 0;         // output beats of out_layer with a wrong m_axis_tlast
     wire [95:0] ocur = tab[out_layer[LAYERS_LOG2-1:0]];
+    wire o_lastbeat = out_pos + 1 == ocur[95:64];
+    // Register reads over AXI4-Lite: STATUS, then the eight counters of the counter bank
+    // (the last finished layer's, latched by the DUT the cycle after its last output
+    // beat). Started in the cycle after a layer's last output beat (snap) or by rd_req;
+    // the first read is offered the cycle after, when the bank holds the layer's values.
+    // Two cycles a read; the layer event is raised when the last value is in.
+    reg rd_busy = 0, rd_layer = 0, rd_req_q = 0;
+    reg [3:0] rd_idx = 0;
 
     always @(posedge clk) begin
         o_ready <= !force_bp && !bp_draw;
@@ -260,6 +281,7 @@ module ssvq_memstream_tb #(
                 end
             end
             if (o_fire) begin
+                if (o_last != o_lastbeat) tl_bad <= tl_bad + 1;
                 out_count <= out_count + 1;
                 out_data <= o_data;
                 out_cycle <= cycle;
@@ -276,18 +298,51 @@ module ssvq_memstream_tb #(
                     res_stall_gen <= stall_g + stall_gen;
                     res_gaps <= gaps;
                     res_in_beats <= in_beats + i_fire;
+                    res_tlast_bad <= tl_bad + (o_last != 1'b1);
+                    tl_bad <= 0;
                     snap <= 1;
                 end else begin
                     out_pos <= out_pos + 1;
                 end
             end
         end
-        if (snap) begin
-            res_busy <= busy;
-            res_cycles <= c_cycles; res_stall <= c_stall; res_header <= c_header;
-            res_codebook <= c_codebook; res_params <= c_params; res_acts <= c_acts;
-            res_weights <= c_weights; res_out <= c_out;
-            layer_events <= layer_events + 1;
+        if (snap) res_busy <= busy;
+        rd_req_q <= rd_req;
+        if (rst_q) begin
+            rd_busy <= 0;
+            ar_valid <= 0;
+            tl_bad <= 0;
+        end else if (!rd_busy && (snap || (rd_req && !rd_req_q))) begin
+            rd_busy <= 1;
+            rd_layer <= snap;
+            rd_idx <= 0;
+            ar_valid <= 1;
+            ar_addr <= 8'h24;                       // STATUS
+        end else if (rd_busy) begin
+            if (snap) rd_overrun <= 1;
+            if (ar_valid && ar_ready) ar_valid <= 0;
+            if (r_valid) begin
+                case (rd_idx)
+                    4'd0: res_status <= r_data;
+                    4'd1: res_cycles <= r_data;
+                    4'd2: res_stall <= r_data;
+                    4'd3: res_header <= r_data;
+                    4'd4: res_codebook <= r_data;
+                    4'd5: res_params <= r_data;
+                    4'd6: res_acts <= r_data;
+                    4'd7: res_weights <= r_data;
+                    default: res_out <= r_data;
+                endcase
+                if (rd_idx == 4'd8) begin
+                    rd_busy <= 0;
+                    if (rd_layer) layer_events <= layer_events + 1;
+                    else reg_events <= reg_events + 1;
+                end else begin
+                    rd_idx <= rd_idx + 1;
+                    ar_valid <= 1;
+                    ar_addr <= 8'h40 + {rd_idx, 2'b00};   // CNT_CYCLES + 4 * (rd_idx)
+                end
+            end
         end
     end
 endmodule

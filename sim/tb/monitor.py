@@ -1,4 +1,4 @@
-"""Output-stream monitor: drives ``<prefix>__ready`` with seeded random
+"""Output-stream monitor: drives ``<prefix>_tready`` with seeded random
 back-pressure and records every accepted beat.
 
 Same timing convention as driver.py: ready is updated right after a rising
@@ -27,7 +27,7 @@ def resolve(value) -> int | str:
 
 
 class StreamMonitor(StreamEndpoint):
-    """Accepts beats from ``<prefix>__payload/valid`` and calls
+    """Accepts beats from ``<prefix>_tdata/tvalid`` and calls
     ``callback(value, cycle)`` for each (value: int, or a bit string with X/Z).
 
     ``ready`` is low in a cycle with probability ``stall_prob``. While
@@ -35,7 +35,7 @@ class StreamMonitor(StreamEndpoint):
     ``stalled`` (the output half of the RTL's cnt_stall definition).
     """
 
-    def __init__(self, dut, prefix: str = "o_stream", rng: random.Random | None = None,
+    def __init__(self, dut, prefix: str = "m_axis", rng: random.Random | None = None,
                  stall_prob: float = 0.0, period_steps: int = 1,
                  callback: Callable[[int | str, int], None] | None = None, clk=None):
         super().__init__(dut, prefix, rng or random.Random(1), stall_prob, period_steps, clk,
@@ -43,6 +43,7 @@ class StreamMonitor(StreamEndpoint):
         self.callback = callback
         self.beats: list[tuple[int | str, int]] = []     # (value, cycle) of every beat
         self.stalled: list[int] = []
+        self.tlast: list[int] = []                        # cycles of beats with tlast high
 
     async def _run(self):
         edge, ro = RisingEdge(self.clk), ReadOnly()
@@ -61,6 +62,8 @@ class StreamMonitor(StreamEndpoint):
                 if r:
                     beat = (resolve(payload.value), get_sim_time() // period)
                     beats.append(beat)
+                    if str(self.last.value) == "1":
+                        self.tlast.append(beat[1])
                     if self.callback is not None:
                         self.callback(*beat)
                 elif self.watch:

@@ -80,12 +80,17 @@ def _section_of(sections: dict, beat: int) -> str:
     return "past the end"
 
 
-def _read_counters(dut) -> dict:
-    out = {}
-    for k in COUNTERS:
-        v = resolve(getattr(dut, f"cnt_{k}").value)
-        out[k] = v if isinstance(v, int) else None
-    return out
+STATUS_ADDR, CNT_ADDR = 0x24, 0x40      # hw/regs.rdl (a test checks them against it)
+
+
+async def _read_counters(axil) -> tuple[dict, int]:
+    """The counter bank (the last finished layer's counters) and STATUS, over AXI4-Lite."""
+    # all reads queued at once: they go out back to back (2 cycles each), done long
+    # before even the smallest next layer could finish and overwrite the bank
+    addrs = [CNT_ADDR + 4 * i for i in range(len(COUNTERS))] + [STATUS_ADDR]
+    tasks = [cocotb.start_soon(axil.read_dword(a)) for a in addrs]
+    vals = [await t for t in tasks]
+    return dict(zip(COUNTERS, vals[:-1])), vals[-1]
 
 
 class LayerRun:
@@ -139,8 +144,10 @@ async def run_layers(dut):
     edge = RisingEdge(dut.clk)
 
     dut.rst.value = 1
-    dut.i_stream__valid.value = 0
-    dut.o_stream__ready.value = 0
+    dut.s_axis_tvalid.value = 0
+    dut.m_axis_tready.value = 0
+    from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+    axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
     for _ in range(4):
         await edge
     dut.rst.value = 0
@@ -160,8 +167,8 @@ async def run_layers(dut):
         if overlap and sb.done:
             route["i"] = i + 1          # the next beat belongs to the next layer
 
-    driver = StreamDriver(dut, "i_stream", random.Random(f"{seed}:in"), p, latency, period)
-    monitor = StreamMonitor(dut, "o_stream", random.Random(f"{seed}:out"), p, period, on_beat)
+    driver = StreamDriver(dut, "s_axis", random.Random(f"{seed}:in"), p, latency, period)
+    monitor = StreamMonitor(dut, "m_axis", random.Random(f"{seed}:out"), p, period, on_beat)
     monitor.watch = True
     driver.start()
     monitor.start()
@@ -193,7 +200,7 @@ async def run_layers(dut):
             route["stray"] = []
             run.send(driver)
         res, healthy = await _finish_layer(dut, run, driver, monitor, route, period, p,
-                                           latency, overlap, base)
+                                           latency, overlap, base, axil)
         if not res["passed"]:
             failed.append(f"{run.name}: {res.get('error') or '; '.join(res['problems'][:3])}")
         if not healthy:
@@ -206,7 +213,7 @@ async def run_layers(dut):
 
 
 async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, latency,
-                        overlap, base):
+                        overlap, base, axil):
     edge, ro = RisingEdge(dut.clk), ReadOnly()
     sb = run.sb
     problems: list[str] = []
@@ -231,9 +238,9 @@ async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, l
     counters_rtl = None
     busy_fall = None
     if error is None:
-        # busy must be low in the cycle after the last output beat; counters are
-        # final then (a queued next header is accepted at the end of that cycle at
-        # the earliest, so they are not cleared yet)
+        # busy must be low in the cycle after the last output beat; the counters are
+        # final then and the top latches them into its counter bank, which AXI4-Lite
+        # reads (a queued next header clears the live counters, not the bank)
         await edge
         for k in range(BUSY_FALL_LIMIT):
             await ro
@@ -248,7 +255,10 @@ async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, l
             if busy_fall != 0:
                 problems.append(f"busy fell {busy_fall} cycles late (expected low in the cycle "
                                 f"after the last output beat is accepted)")
-            counters_rtl = _read_counters(dut)
+            counters_rtl, status = await _read_counters(axil)
+            if status & 0xF04:
+                problems.append(f"STATUS {status:#x}: error {status >> 2 & 1}, cause "
+                                f"{status >> 8 & 15} (expected none)")
         if not overlap:
             for _ in range(GRACE_CYCLES):
                 await edge
@@ -260,6 +270,11 @@ async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, l
     # ---- results
     tr = run.transfer
     hdr, last = sb.header_cycle, sb.last_cycle
+    if error is None and hdr is not None and last is not None:
+        tl = [c for c in monitor.tlast if hdr <= c <= last]
+        if tl != [last]:
+            problems.append(f"m_axis_tlast high in cycles {tl[:5]}, expected only in the "
+                            f"layer's last output beat's cycle {last}")
     cycles_tb = last - hdr + 1 if (hdr is not None and last is not None and sb.done) else None
     stall_tb = None
     if cycles_tb is not None:

@@ -84,7 +84,8 @@ def _read_results(dut) -> dict:
     return {"counters": r,
             **{k: _int(getattr(dut, f"res_{k}")) for k in (
                 "layer", "hdr_cycle", "last_cycle", "stall_ports", "stall_gen", "gaps",
-                "in_beats")},
+                "in_beats", "status", "tlast_bad")},
+            "rd_overrun": _int(dut.rd_overrun),
             "busy": str(dut.res_busy.value)}
 
 
@@ -141,9 +142,21 @@ async def _reset_at(dut, layer: Layer, edge):
     dut.rst.value = 0
     dut.force_bp.value = 0
     await ro
-    # what reset promises (docs/ARCH.md "Reset"): busy low and counters zero
-    after = {"busy": str(dut.busy.value),
-             **{k: _int(getattr(dut, f"c_{k}")) for k in COUNTERS}}
+    busy = str(dut.busy.value)
+    # what reset promises (docs/ARCH.md "Reset"): busy low and counters zero; the
+    # counters are read over AXI4-Lite by the testbench's read sequencer (rd_req)
+    n = _int(dut.reg_events)
+    await edge
+    dut.rd_req.value = 1
+    for _ in range(200):
+        await edge
+        await ro
+        if _int(dut.reg_events) != n:
+            break
+    await edge
+    dut.rd_req.value = 0
+    after = {"busy": busy, "status": _int(dut.res_status),
+             **{k: _int(getattr(dut, f"res_{k}")) for k in COUNTERS}}
     return where, after
 
 
@@ -181,6 +194,7 @@ async def run_layers(dut):
     dut.n_layers.value = len(layers)
     dut.force_bp.value = 0
     dut.dump_cov.value = 0
+    dut.rd_req.value = 0
     edge, ro = RisingEdge(dut.clk), ReadOnly()
     for _ in range(4):
         await edge
@@ -313,6 +327,15 @@ def _result(lay: Layer, base: dict, limit: int, error: str | None = None) -> dic
         if r["stall_ports"] != r["stall_gen"]:
             problems.append(f"stall cycles on the ports ({r['stall_ports']}) differ from the "
                             f"stall cycles the generators made ({r['stall_gen']})")
+        if r["status"] is None or r["status"] & 0xF04:
+            problems.append(f"STATUS after the layer: error {(r['status'] or 0) >> 2 & 1}, "
+                            f"cause {(r['status'] or 0) >> 8 & 15} (expected none)")
+        if r["tlast_bad"]:
+            problems.append(f"{r['tlast_bad']} output beats with the wrong m_axis_tlast "
+                            f"(expected high on the layer's last beat only)")
+        if r["rd_overrun"]:
+            problems.append("a layer finished while the testbench was still reading the "
+                            "previous layer's counters")
         if r["in_beats"] != lay.beats:
             problems.append(f"input stream accepted {r['in_beats']} of {lay.beats} beats")
         if r["hdr_cycle"] != sb.header_cycle:
@@ -366,7 +389,8 @@ async def _interrupted(dut, lay: Layer, base: dict, edge) -> dict:
     sb = lay.sb
     n_before = len(sb.observed)
     problems = []
-    if after["busy"] != "0" or any(after[k] != 0 for k in COUNTERS):
+    if (after["busy"] != "0" or after["status"] != 0
+            or any(after[k] != 0 for k in COUNTERS)):
         problems.append(f"after reset: expected busy 0 and every counter 0, found {after}")
     if sb.beat_mismatches:
         problems.append(f"{sb.beat_mismatches} output beats before the reset differ; first: "
