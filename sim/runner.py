@@ -34,7 +34,10 @@ TOP = "ssvq_accel"
 # stimulus -> cocotb test module: "memstream" feeds the streams from memory inside the
 # simulation (sim/tb/memstream.v, about 30x faster); "python" drives every beat from
 # Python (sim/tb/driver.py), kept for small directed tests where that is clearer
-TEST_MODULES = {"memstream": "sim.tb.test_memstream", "python": "sim.tb.test_accel"}
+# "axi" drives the AXI interfaces with cocotbext-axi (sim/tb/test_axi.py: registers,
+# interrupts, soft reset, malformed streams)
+TEST_MODULES = {"memstream": "sim.tb.test_memstream", "python": "sim.tb.test_accel",
+                "axi": "sim.tb.test_axi"}
 STIMULI = tuple(TEST_MODULES)
 # bump when the build recipe changes, so cached builds are redone
 BUILD_RECIPE = 3
@@ -215,7 +218,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
             build_dir=None, build_root="build/sim", progress=None,
             overlap: bool = False, stimulus: str = "memstream",
             stall_prob_in: float | None = None, stall_prob_out: float | None = None,
-            resets: list[dict] | None = None, waves: bool = False) -> list[dict]:
+            resets: list[dict] | None = None, waves: bool = False,
+            extra: dict | None = None) -> list[dict]:
     """Runs `layers` back to back in one simulator process.
 
     Each layer dict: name, mode, rows, cols, beats (path .npy/.bin/.hex), expected
@@ -229,7 +233,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
     `stall_prob_in`/`stall_prob_out` (default `stall_prob`) set each side and
     `resets` ([{"layer": i, "phase": P}]) cut layers by reset (test_memstream.py);
     "python" drives every beat from Python. `waves` writes a waveform into
-    out_dir (dump.vcd on Verilator, waves.fst on Icarus).
+    out_dir (dump.vcd on Verilator, waves.fst on Icarus). `extra` is merged
+    into the job file (the "axi" stimulus reads its settings from it).
     Returns the result dicts in layer order; a layer the simulator left no
     result for gets one with passed False."""
     if stimulus not in TEST_MODULES:
@@ -240,8 +245,9 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
                     ("stall_prob_out", p_out)):
         if not 0.0 <= v < 1.0:
             raise ValueError(f"{name} must be in [0, 1), found {v}")
-    if stimulus == "python" and (p_in != p_out or resets):
-        raise ValueError("the python stimulus has one stall_prob for both sides and no resets")
+    if stimulus != "memstream" and (p_in != p_out or resets):
+        raise ValueError(f"the {stimulus} stimulus has one stall_prob for both sides and "
+                         f"no resets")
     if latency < 0:
         raise ValueError(f"latency must be >= 0, found {latency}")
     out_dir = Path(out_dir).resolve()
@@ -259,7 +265,8 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
     job = {"config": cfg.to_dict(), "simulator": simulator, "seed": int(seed),
            "stall_prob": float(stall_prob), "stall_prob_in": float(p_in),
            "stall_prob_out": float(p_out), "latency": int(latency), "overlap": bool(overlap),
-           "stimulus_kind": stimulus, "resets": list(resets or []), "layers": job_layers}
+           "stimulus_kind": stimulus, "resets": list(resets or []), "layers": job_layers,
+           **(extra or {})}
     plusargs = []
     depth = None
     if stimulus == "memstream":
