@@ -112,7 +112,11 @@ async def run_layer(b: Bench, spec: dict, paused: bool, seed: int) -> dict:
     data = load_bytes(spec["beats"], cfg.bus)
     await b.src.send(AxiStreamFrame(data))
     limit = 20 * (len(data) // (cfg.bus // 8) + spec["counters"]["cycles"]) + 2000
-    got = await First(b.sink.recv(), Timer(limit * PERIOD_NS, unit="ns"))
+    task = cocotb.start_soon(b.sink.recv())
+    await First(task, Timer(limit * PERIOD_NS, unit="ns"))
+    got = task.result() if task.done() else None
+    if not task.done():
+        task.cancel()
     res = {"name": name, "config": spec["config"], "mode": spec["mode"], "rows": spec["rows"],
            "cols": spec["cols"], "paused": paused}
     if not hasattr(got, "tdata"):
@@ -170,7 +174,10 @@ async def bad_stream(b: Bench, bad: dict, good: dict) -> list[str]:
         await b.src.send(AxiStreamFrame(data[pos:pos + nb * (cfg.bus // 8)]))
         pos += nb * (cfg.bus // 8)
     b.check(await b.wait_irq(5000), f"{bad['name']}: no error interrupt")
-    await First(b.src.wait(), Timer(20 * len(data) * PERIOD_NS, unit="ns"))
+    task = cocotb.start_soon(b.src.wait())
+    await First(task, Timer(20 * len(data) * PERIOD_NS, unit="ns"))
+    if not task.done():
+        task.cancel()
     b.check(b.src.empty() and b.src.idle(),
             f"{bad['name']}: the input did not drain after the error (hang)")
     status = await b.rd("STATUS")
