@@ -56,7 +56,7 @@ SOLVERS = {"yices": "yices-smt2", "z3": "z3"}
 VARIANTS = {
     # the output valid register clears whenever valid, accepted or not: a waiting beat
     # is withdrawn (lost). Fails `o_valid_held` (handshake) at the first waiting beat.
-    "drop-valid": ("ssvq_accel.packer",
+    "drop-valid": ("ssvq_accel.core.packer",
                    "  assign \\$8  = o_stream__valid & o_stream__ready;\n",
                    "  assign \\$8  = o_stream__valid;\n",
                    "output valid drops while back-pressured"),
@@ -64,7 +64,7 @@ VARIANTS = {
     # with the next one. Meant to fail `o_payload_stable`, but that needs a second beat
     # (a layer of 9+ rows, first beat at step ~37): NOT caught by the depth-30 BMC;
     # not exercised by the tests.
-    "no-freeze": ("ssvq_accel.packer",
+    "no-freeze": ("ssvq_accel.core.packer",
                   "  assign en = ~ \\$2 ;\n",
                   "  assign en = 1'h1;\n",
                   "pipeline not frozen by output back-pressure"),
@@ -73,7 +73,7 @@ VARIANTS = {
     # lost. The output handshake stays legal (handshake BMC passes at depth 30); the
     # sequence check should fail `all_beats` (beat 2 never comes) at step ~47, but its
     # BMC did not get past step 33 in 4 minutes: NOT shown to be caught.
-    "mac-valid-no-freeze": ("ssvq_accel.mac", None, None,
+    "mac-valid-no-freeze": ("ssvq_accel.core.mac", None, None,
                             "MAC output valid not frozen by output back-pressure"),
 }
 
@@ -136,7 +136,7 @@ def _mac_valid_mutation(body: str) -> str:
     hits = pat.findall(body)
     if len(hits) != 1:
         raise SimError(f"formal: mutation mac-valid-no-freeze: expected one match in "
-                       f"ssvq_accel.mac, found {len(hits)}")
+                       f"ssvq_accel.core.mac, found {len(hits)}")
     return pat.sub(lambda mt: mt.group(1) + mt.group(2), body)
 
 

@@ -24,11 +24,20 @@ module ssvq_formal_sequence #(
   wire more = n_in < NB;
   wire i_valid = i_valid_free & more;
   wire [BUS-1:0] i_payload = more ? STREAM[n_in*BUS +: BUS] : {BUS{1'b0}};
-  wire i_ready, o_valid;
+  wire i_ready, o_valid, o_last;
   wire [BUS-1:0] o_payload;
   ssvq_accel dut (.clk(clk), .rst(rst),
-    .i_stream__payload(i_payload), .i_stream__valid(i_valid), .i_stream__ready(i_ready),
-    .o_stream__payload(o_payload), .o_stream__valid(o_valid), .o_stream__ready(o_ready));
+    .s_axis_tdata(i_payload), .s_axis_tvalid(i_valid), .s_axis_tready(i_ready),
+    .s_axis_tlast((n_in == NB - 1)),
+    .m_axis_tdata(o_payload), .m_axis_tvalid(o_valid), .m_axis_tready(o_ready),
+    .m_axis_tlast(o_last),
+    // AXI4-Lite idle: no register access, so no soft reset
+    .s_axil_awaddr(8'd0), .s_axil_awvalid(1'b0), .s_axil_wdata(32'd0), .s_axil_wstrb(4'd0),
+    .s_axil_wvalid(1'b0), .s_axil_bready(1'b1), .s_axil_araddr(8'd0), .s_axil_arvalid(1'b0),
+    .s_axil_rready(1'b1),
+    .s_axil_awready(), .s_axil_wready(), .s_axil_bresp(), .s_axil_bvalid(),
+    .s_axil_arready(), .s_axil_rdata(), .s_axil_rresp(), .s_axil_rvalid(),
+    .irq(), .busy());
 
   wire o_wait = o_valid & ~o_ready;  // the whole pipeline is frozen this cycle
   reg i_wait = 1'b0, stalled = 1'b0;
