@@ -11,9 +11,10 @@ from ssvq.errors import SimError
 
 
 def _gearbox_level_not_reset(text: str) -> str:
-    """The gearbox's fill level keeps its value through reset: bits of an interrupted
-    stream stay in the gearbox and misalign the next layer's header."""
-    mod = re.search(r"module \\ssvq_accel\.loader\.gearbox .*?endmodule", text, re.S)
+    """The gearbox's fill level keeps its value through `rst` (its soft reset is left):
+    bits of an interrupted stream stay in the gearbox and misalign the next layer's
+    header."""
+    mod = re.search(r"module \\ssvq_accel\.core\.loader\.gearbox .*?endmodule", text, re.S)
     if not mod:
         raise SimError("mutant gearbox-level-not-reset: no gearbox module in the Verilog")
     body = mod.group(0)
