@@ -1,7 +1,7 @@
 """The top's AXI interfaces: register map (hw/regs.rdl) against the Amaranth block
 and the generated C header / markdown, and the cocotb test sim/tb/test_axi.py
 (cocotbext-axi: AxiStreamSource/Sink with pause generators, AxiLiteMaster) on
-Icarus: registers, every counter equal to sim.golden.timing, the done interrupt
+Icarus and Verilator: registers, every counter equal to sim.golden.timing, the done interrupt
 (W1C), soft reset, malformed headers and tlast errors. Also one Python-driven
 (stimulus "python", sim/tb/test_accel.py) job, which reads the counters over
 AXI4-Lite too.
@@ -140,7 +140,8 @@ def _bad_streams(tmp: Path, good: dict) -> list[dict]:
     return out
 
 
-def test_axi_interfaces_icarus(tmp_path):
+@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
+def test_axi_interfaces(tmp_path, simulator):
     from sim.runner import run_job
     images = _images(tmp_path, SHAPES)
     layers = _layers(tmp_path, images)
@@ -149,7 +150,7 @@ def test_axi_interfaces_icarus(tmp_path):
     report = tmp_path / "axi_report.json"
     extra = {"axi": {"regs": regs, "expect": const_words(CFG), "pause_layers": PAUSED,
                      "bad": _bad_streams(tmp_path, layers[0]), "report": str(report)}}
-    results = run_job(CFG, layers, "icarus", seed=5, out_dir=tmp_path / "job",
+    results = run_job(CFG, layers, simulator, seed=5, out_dir=tmp_path / "job",
                       build_root=BUILD_ROOT, stimulus="axi", extra=extra)
     log = (tmp_path / "job" / "sim.log").read_text(errors="replace")
     assert all(r["passed"] for r in results), (
