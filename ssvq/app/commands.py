@@ -25,7 +25,8 @@ def verilog_cmd(args) -> int:
 
     cfg = read_images(args.images).config if args.images else load_build_config(args.config)
     v = generate(cfg, args.out)
-    print(f"wrote {v} ({v.stat().st_size // 1024} KiB) and {Path(args.out) / 'params.json'} "
+    print(f"wrote {v} ({v.stat().st_size // 1024} KiB), ssvq_regs.h, regs.md, "
+          f"ssvq_accel.core and {Path(args.out) / 'params.json'} "
           f"for {json.dumps(cfg.to_dict())}")
     return 0
 
