@@ -130,9 +130,8 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
     gen = Path(tempfile.mkdtemp(prefix=".gen.", dir=build_root))
     try:
         if verilog is None:
-            from hw.verilog import generate
             t = time.perf_counter()
-            vfile = Path(generate(cfg, gen))
+            vfile = _generated(cfg, build_root, gen)
             gen_s = time.perf_counter() - t
         else:
             vfile = gen / f"{TOP}.v"
@@ -193,6 +192,42 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             return bdir
     finally:
         shutil.rmtree(gen, ignore_errors=True)
+
+
+def _source_digest() -> str:
+    """What the generated Verilog depends on: the RTL, the contract it is built from,
+    and the Amaranth version."""
+    import amaranth
+
+    h = hashlib.sha256(amaranth.__version__.encode())
+    for d in ("hw", "ssvq"):
+        for f in sorted((REPO / d).glob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _generated(cfg: AccelConfig, build_root: Path, gen: Path) -> Path:
+    """hw.verilog.generate's output for cfg, cached in build_root/.verilog/ by the
+    config and the digest of the sources (generating takes about 10 s; a regression
+    asks for the same few builds a thousand times). Copies it into `gen`."""
+    from hw.verilog import generate
+
+    key = hashlib.sha256(json.dumps({"config": cfg.to_dict(), "src": _source_digest()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    cache = build_root / ".verilog" / key
+    if not (cache / "done").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=build_root))
+        generate(cfg, tmp)
+        (tmp / "done").write_text("")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, cache)
+        except OSError:                 # another process cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    for f in cache.iterdir():
+        if f.name != "done":
+            shutil.copyfile(f, gen / f.name)
+    return gen / f"{TOP}.v"
 
 
 def build_info(bdir: Path) -> dict:
