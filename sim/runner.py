@@ -302,7 +302,10 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         stim = write_stimulus(cfg, job_layers, out_dir / "stim")
         job["stimulus"] = stim
         depth = stim["depth_log2"]
-        plusargs = [f"+ssvq_{k}={stim[k]}" for k in ("in", "tab", "marks", "cov")]
+        plusargs = [f"+ssvq_{k}={stim[k]}" for k in ("in", "tab", "marks", "exp", "expcyc",
+                                                     "cov", "out", "outcyc")]
+        if waves:
+            plusargs.append("+ssvq_visible_clock")
         if waves and simulator == "icarus":
             # memstream.v calls $dumpfile/$dumpvars itself (cocotb's dump module is
             # SystemVerilog, which the -g2005 the Yosys Verilog needs cannot compile)
@@ -542,6 +545,10 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                "layer_cycles_per_second": round(
                    sum((r.get("cycles_rtl") or 0) for r in results)
                    / max(1e-9, sum((r.get("wall_seconds") or 0) for r in results)), 1),
+               "layer_cycles_per_cpu_second": round(
+                   sum((r.get("cycles_rtl") or 0) for r in results)
+                   / max(1e-9, sum((r.get("cpu_seconds") or 0) for r in results)), 1)
+               if all(r.get("cpu_seconds") is not None for r in results) else None,
                "all_passed": all(r.get("passed") for r in results),
                "layers": [{k: r.get(k) for k in (
                    "name", "config", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",
