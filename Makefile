@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.ssvq-setup
 JOBS ?= 2
 
-.PHONY: setup demo demo-all test test-all regress lint clean
+.PHONY: setup demo demo-all test test-all regress bench-sim lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ regress: setup
 	  tests/regress --junitxml=reports/regress/junit.xml -p no:cacheprovider; \
 	  status=$$?; $(VENV)/bin/python -m sim.regress coverage build/regress --out reports/regress \
 	  && exit $$status
+
+# `make bench-sim`: whole-MiniLM simulation speed (every layer of the demo's SSVQ and
+# int8 image sets, memstream stimulus) on Verilator and Icarus; needs `make demo` first
+bench-sim: setup
+	@test -d build/demo/images-ssvq || { echo "run make demo first (build/demo/images-*)"; exit 1; }
+	$(VENV)/bin/python -m sim.bench build/demo --out reports/measured/sim-speed
 
 clean:
 	rm -rf build .cache reports/demo

@@ -133,9 +133,8 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
     gen = Path(tempfile.mkdtemp(prefix=".gen.", dir=build_root))
     try:
         if verilog is None:
-            from hw.verilog import generate
             t = time.perf_counter()
-            vfile = Path(generate(cfg, gen))
+            vfile = _generated(cfg, build_root, gen)
             gen_s = time.perf_counter() - t
         else:
             vfile = gen / f"{TOP}.v"
@@ -196,6 +195,42 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             return bdir
     finally:
         shutil.rmtree(gen, ignore_errors=True)
+
+
+def _source_digest() -> str:
+    """What the generated Verilog depends on: the RTL, the contract it is built from,
+    and the Amaranth version."""
+    import amaranth
+
+    h = hashlib.sha256(amaranth.__version__.encode())
+    for d in ("hw", "ssvq"):
+        for f in sorted((REPO / d).glob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _generated(cfg: AccelConfig, build_root: Path, gen: Path) -> Path:
+    """hw.verilog.generate's output for cfg, cached in build_root/.verilog/ by the
+    config and the digest of the sources (generating takes about 10 s; a regression
+    asks for the same few builds a thousand times). Copies it into `gen`."""
+    from hw.verilog import generate
+
+    key = hashlib.sha256(json.dumps({"config": cfg.to_dict(), "src": _source_digest()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    cache = build_root / ".verilog" / key
+    if not (cache / "done").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=build_root))
+        generate(cfg, tmp)
+        (tmp / "done").write_text("")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, cache)
+        except OSError:                 # another process cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    for f in cache.iterdir():
+        if f.name != "done":
+            shutil.copyfile(f, gen / f.name)
+    return gen / f"{TOP}.v"
 
 
 def build_info(bdir: Path) -> dict:
@@ -274,7 +309,10 @@ def run_job(cfg: AccelConfig, layers: list[dict], simulator: str, seed: int = 1,
         stim = write_stimulus(cfg, job_layers, out_dir / "stim")
         job["stimulus"] = stim
         depth = stim["depth_log2"]
-        plusargs = [f"+ssvq_{k}={stim[k]}" for k in ("in", "tab", "marks", "cov")]
+        plusargs = [f"+ssvq_{k}={stim[k]}" for k in ("in", "tab", "marks", "exp", "expcyc",
+                                                     "cov", "out", "outcyc")]
+        if waves:
+            plusargs.append("+ssvq_visible_clock")
         if waves and simulator == "icarus":
             # memstream.v calls $dumpfile/$dumpvars itself (cocotb's dump module is
             # SystemVerilog, which the -g2005 the Yosys Verilog needs cannot compile)
@@ -514,6 +552,10 @@ def simulate_images(image_dir, layer_names=None, simulator="verilator", seed=1,
                "layer_cycles_per_second": round(
                    sum((r.get("cycles_rtl") or 0) for r in results)
                    / max(1e-9, sum((r.get("wall_seconds") or 0) for r in results)), 1),
+               "layer_cycles_per_cpu_second": round(
+                   sum((r.get("cycles_rtl") or 0) for r in results)
+                   / max(1e-9, sum((r.get("cpu_seconds") or 0) for r in results)), 1)
+               if all(r.get("cpu_seconds") is not None for r in results) else None,
                "all_passed": all(r.get("passed") for r in results),
                "layers": [{k: r.get(k) for k in (
                    "name", "config", "mode", "rows", "cols", "passed", "bit_exact", "timing_checked",

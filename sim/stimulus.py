@@ -1,7 +1,9 @@
 """Files for the simulator-side stimulus (sim/tb/memstream.v): a run's layer streams
-end to end as one $readmemh file, the layer table and the per-beat coverage marks.
+end to end as one $readmemh file, the layer table, the per-beat coverage marks, and the
+golden output beats and their cycles for the testbench's comparator.
 
-    write_stimulus(cfg, layers, out_dir) -> {"in", "tab", "marks", "cov", "beats", "depth_log2"}
+    write_stimulus(cfg, layers, out_dir) -> {"in", "tab", "marks", "exp", "expcyc", "cov",
+                                             "out", "outcyc", "out_start", "beats", "depth_log2"}
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from sim.coverage import marks
 from ssvq.config import AccelConfig, LayerConfig
 from ssvq.errors import SimError
 from ssvq.image import beats_to_hex, hex_to_beats
+from ssvq.reference import output_beats
 
 TB_TOP = "ssvq_memstream_tb"
 TB_SOURCE = Path(__file__).resolve().parent / "tb" / "memstream.v"
@@ -56,8 +59,9 @@ def write_stimulus(cfg: AccelConfig, layers: list[dict], out_dir) -> dict:
                        f"found {len(layers)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = 0
-    tab, mk = [], []
+    start = out_start = 0
+    tab, mk, starts = [], [], []
+    exp, expcyc = [], []
     with open(out / "in.hex", "w") as f:
         for lay in layers:
             beats = load_beats(lay["beats"], cfg.bus)
@@ -67,13 +71,25 @@ def write_stimulus(cfg: AccelConfig, layers: list[dict], out_dir) -> dict:
                 raise SimError(f"{lay['beats']}: expected {len(m)} beats for "
                                f"{lc.name} {lay['rows']}x{lay['cols']}, found {len(beats)}")
             f.write(beats_to_hex(beats))
-            tab.append(f"{cfg.out_beats(int(lay['rows'])):08x}{len(beats):08x}{start:08x}\n")
+            n_out = cfg.out_beats(int(lay["rows"]))
+            tab.append(f"{out_start:08x}{n_out:08x}{len(beats):08x}{start:08x}\n")
             mk.append(m)
+            starts.append(out_start)
+            digits = cfg.bus // 4
+            exp += [f"{w:0{digits}x}\n" for w in output_beats(np.load(lay["expected"]), cfg)]
+            oc = lay.get("out_cycles") or [0] * n_out
+            expcyc += [f"{c:08x}\n" for c in oc]
             start += len(beats)
+            out_start += n_out
     (out / "tab.hex").write_text("".join(tab))
     allm = np.concatenate(mk) if mk else np.zeros(0, np.uint8)
     (out / "marks.hex").write_text("".join(f"{v:02x}\n" for v in allm.tolist()))
-    (out / "cov.hex").unlink(missing_ok=True)
+    (out / "exp.hex").write_text("".join(exp))
+    (out / "expcyc.hex").write_text("".join(expcyc))
+    for f in ("cov.hex", "out.hex", "outcyc.hex"):
+        (out / f).unlink(missing_ok=True)
     return {"in": str(out / "in.hex"), "tab": str(out / "tab.hex"),
-            "marks": str(out / "marks.hex"), "cov": str(out / "cov.hex"),
-            "beats": start, "depth_log2": depth_log2(start)}
+            "marks": str(out / "marks.hex"), "exp": str(out / "exp.hex"),
+            "expcyc": str(out / "expcyc.hex"), "cov": str(out / "cov.hex"),
+            "out": str(out / "out.hex"), "outcyc": str(out / "outcyc.hex"),
+            "out_start": starts, "beats": start, "depth_log2": depth_log2(start)}

@@ -7,9 +7,16 @@
 //
 // Files (plusargs, read at time 0):
 //   +ssvq_in=F     $readmemh into in_mem: every layer's stream.hex, one after another
-//   +ssvq_tab=F    $readmemh into tab: per layer {n_out[31:0], n_beats[31:0], start[31:0]}
+//   +ssvq_tab=F    $readmemh into tab: per layer
+//                  {out_start[31:0], n_out[31:0], n_beats[31:0], start[31:0]}
 //   +ssvq_marks=F  $readmemh into marks: per input beat {block, last, first, section[2:0]}
-//   +ssvq_cov=F    $writememh of cov when dump_cov rises
+//   +ssvq_exp=F    $readmemh into exp: every layer's golden output beats, end to end
+//   +ssvq_expcyc=F $readmemh into expcyc: each golden output beat's cycle after the header
+//   +ssvq_cov=F, +ssvq_out=F, +ssvq_outcyc=F
+//                  $writememh of cov, of the accepted output beats and of their cycles
+//                  (after the header) when dump_cov rises
+// Every output beat is compared with its golden value as it is accepted (and with its
+// golden cycle when check_cycles is set); a difference is printed at once and counted.
 // Settings are inputs that cocotb sets before it releases rst and keeps stable.
 //
 // Conventions (the same as sim/tb/driver.py and monitor.py): cycle c is the cycle
@@ -32,6 +39,7 @@ module ssvq_memstream_tb #(
     input  wire [LAYERS_LOG2:0] n_layers /*verilator public_flat_rw*/,
     input  wire        force_bp /*verilator public_flat_rw*/,          // directed tests: hold o_ready low
     input  wire        dump_cov /*verilator public_flat_rw*/,
+    input  wire        check_cycles /*verilator public_flat_rw*/,  // no stalls: golden cycles hold
 
     output reg  [31:0] cycle /*verilator public_flat_rw*/ = 0,
     // the source: layer it is on and beats of it accepted
@@ -53,6 +61,9 @@ module ssvq_memstream_tb #(
     output reg  [31:0] res_stall_gen /*verilator public_flat_rw*/ = 0,        // stall cycles the generators made
     output reg  [31:0] res_gaps /*verilator public_flat_rw*/ = 0,             // beats withheld (cycles), whole layer
     output reg  [31:0] res_in_beats /*verilator public_flat_rw*/ = 0,         // input beats of it accepted
+    output reg  [31:0] res_mismatches /*verilator public_flat_rw*/ = 0,       // output beats != golden
+    output reg  [31:0] res_late /*verilator public_flat_rw*/ = 0,             // beats off their golden cycle
+    output reg  [31:0] extra_beats /*verilator public_flat_rw*/ = 0,          // after the last layer's
     output reg         res_busy /*verilator public_flat_rw*/ = 0,             // busy in the cycle after the last beat
     // the DUT's counters then
     output reg  [31:0] res_cycles /*verilator public_flat_rw*/ = 0,
@@ -64,6 +75,7 @@ module ssvq_memstream_tb #(
     output reg  [31:0] res_weights /*verilator public_flat_rw*/ = 0,
     output reg  [31:0] res_out /*verilator public_flat_rw*/ = 0,
     output reg  [31:0] resets /*verilator public_flat_rw*/ = 0,               // layers abandoned by a reset
+    output reg  [31:0] reset_out_pos /*verilator public_flat_rw*/ = 0,        // its output beats before
     output reg  [31:0] res_status /*verilator public_flat_rw*/ = 0,           // STATUS register then
     output reg  [31:0] res_tlast_bad /*verilator public_flat_rw*/ = 0,        // output beats with a wrong m_axis_tlast
     output reg         rd_overrun /*verilator public_flat_rw*/ = 0,           // a layer ended while registers were read
@@ -72,17 +84,30 @@ module ssvq_memstream_tb #(
 );
     // The clock is made here, not by cocotb: a clock from cocotb costs a trip through
     // the simulator's VPI every half period, which bounds Verilator at ~80k cycles/s.
+    // One time step per cycle: the clock rises and falls in the same step (#0), so the
+    // simulator and cocotb's per-step callbacks run once a cycle, not twice (1.25x);
+    // with +ssvq_visible_clock (waves) it is high for half the period instead.
     // Only what cocotb reads is public (the runner passes --no-public-flat-rw: making
     // every signal public stops Verilator from optimizing the design, 3x slower).
     reg clk /*verilator public_flat_rd*/ = 0;
-    always #5 clk = ~clk;         // 10 ns period (test_memstream.PERIOD_NS)
+    reg visible_clock = 0;
+    initial visible_clock = $test$plusargs("ssvq_visible_clock");
+    always begin          // period 10 ns (test_memstream.PERIOD_NS)
+        if (visible_clock) begin #5 clk = 1'b1; #5 clk = 1'b0; end
+        else begin #10 clk = 1'b1; #0 clk = 1'b0; end
+    end
 
     localparam integer DEPTH = 1 << DEPTH_LOG2;
     localparam integer LAYERS = 1 << LAYERS_LOG2;
     localparam integer BINS = 32;     // per layer: section*6 + position*2 + event
 
     reg [BUS-1:0] in_mem [0:DEPTH-1];
-    reg [95:0] tab [0:LAYERS-1];
+    localparam integer OUT_DEPTH = 1 << (DEPTH_LOG2 - 2);   // a row's params alone are a beat
+    reg [127:0] tab [0:LAYERS-1];
+    reg [BUS-1:0] exp_mem [0:OUT_DEPTH-1];
+    reg [31:0] expcyc [0:OUT_DEPTH-1];
+    reg [BUS-1:0] out_mem [0:OUT_DEPTH-1];
+    reg [31:0] out_cyc [0:OUT_DEPTH-1];
     reg [7:0] marks [0:DEPTH-1];
     reg [15:0] cov [0:LAYERS*BINS-1];
 
@@ -134,6 +159,8 @@ module ssvq_memstream_tb #(
         if ($value$plusargs("ssvq_in=%s", fname)) $readmemh(fname, in_mem);
         if ($value$plusargs("ssvq_tab=%s", fname)) $readmemh(fname, tab);
         if ($value$plusargs("ssvq_marks=%s", fname)) $readmemh(fname, marks);
+        if ($value$plusargs("ssvq_exp=%s", fname)) $readmemh(fname, exp_mem);
+        if ($value$plusargs("ssvq_expcyc=%s", fname)) $readmemh(fname, expcyc);
         if ($value$plusargs("ssvq_waves=%s", fname)) begin
             $dumpfile(fname);
             $dumpvars(0, ssvq_memstream_tb);
@@ -142,8 +169,11 @@ module ssvq_memstream_tb #(
     reg dump_q = 0;
     always @(posedge clk) begin
         dump_q <= dump_cov;
-        if (dump_cov && !dump_q && $value$plusargs("ssvq_cov=%s", fname))
-            $writememh(fname, cov);
+        if (dump_cov && !dump_q) begin
+            if ($value$plusargs("ssvq_cov=%s", fname)) $writememh(fname, cov);
+            if ($value$plusargs("ssvq_out=%s", fname)) $writememh(fname, out_mem);
+            if ($value$plusargs("ssvq_outcyc=%s", fname)) $writememh(fname, out_cyc);
+        end
     end
 
     // ------------------------------------------------------------- generators
@@ -158,11 +188,11 @@ module ssvq_memstream_tb #(
     // ------------------------------------------------------------------ source
     wire i_fire = i_valid & i_ready & ~rst_q;
     wire o_fire = o_valid & o_ready & ~rst_q;
-    wire [95:0] cur = tab[src_layer[LAYERS_LOG2-1:0]];
+    wire [127:0] cur = tab[src_layer[LAYERS_LOG2-1:0]];
     wire last_of_layer = i_fire && (src_pos + 1 == cur[63:32]);
     wire [LAYERS_LOG2:0] nx_layer = last_of_layer ? src_layer + 1 : src_layer;
     wire [31:0] nx_pos = i_fire ? (last_of_layer ? 32'd0 : src_pos + 1) : src_pos;
-    wire [95:0] nx = tab[nx_layer[LAYERS_LOG2-1:0]];
+    wire [127:0] nx = tab[nx_layer[LAYERS_LOG2-1:0]];
     wire [DEPTH_LOG2-1:0] nx_addr = nx[31:0] + nx_pos;
     reg armed = 0;                 // the current layer may offer its first beat ...
     reg [15:0] lat_left = 0;       // ... after this many more cycles
@@ -238,8 +268,13 @@ module ssvq_memstream_tb #(
     reg [31:0] stall_p = 0, stall_g = 0, gaps = 0, in_beats = 0;
     reg snap = 0;
     reg [31:0] tl_bad = 0;         // output beats of out_layer with a wrong m_axis_tlast
-    wire [95:0] ocur = tab[out_layer[LAYERS_LOG2-1:0]];
+    wire [127:0] ocur = tab[out_layer[LAYERS_LOG2-1:0]];
     wire o_lastbeat = out_pos + 1 == ocur[95:64];
+    wire [31:0] oidx = ocur[127:96] + out_pos;
+    wire [31:0] orel = cycle - hdr_cycle;
+    wire obad = o_data !== exp_mem[oidx[DEPTH_LOG2-3:0]];
+    wire olate = check_cycles && orel != expcyc[oidx[DEPTH_LOG2-3:0]];
+    reg [31:0] mism = 0, late = 0;
     // Register reads over AXI4-Lite: STATUS, then the eight counters of the counter bank
     // (the last finished layer's, latched by the DUT the cycle after its last output
     // beat). Started in the cycle after a layer's last output beat (snap) or by rd_req;
@@ -259,6 +294,7 @@ module ssvq_memstream_tb #(
             bp_seen <= 0;
             if (inflight) begin
                 resets <= resets + 1;
+                reset_out_pos <= out_pos;
                 inflight <= 0;
                 out_layer <= out_layer + 1;
                 out_pos <= 0;
@@ -278,6 +314,25 @@ module ssvq_memstream_tb #(
                     stall_p <= stall_p + stall_ports;
                     stall_g <= stall_g + stall_gen;
                     gaps <= gaps + gap_now;
+                end
+            end
+            if (i_fire && src_pos == 0) begin
+                mism <= 0;
+                late <= 0;
+            end
+            if (o_fire && out_layer >= n_layers) extra_beats <= extra_beats + 1;
+            if (o_fire && out_layer < n_layers) begin
+                out_mem[oidx[DEPTH_LOG2-3:0]] <= o_data;
+                out_cyc[oidx[DEPTH_LOG2-3:0]] <= orel;
+                if (obad) begin
+                    mism <= mism + 1;
+                    $display("memstream: layer %0d output beat %0d (cycle %0d after its header): expected %h, found %h",
+                             out_layer, out_pos, orel, exp_mem[oidx[DEPTH_LOG2-3:0]], o_data);
+                end
+                if (olate) begin
+                    late <= late + 1;
+                    $display("memstream: layer %0d output beat %0d accepted %0d cycles after its header, golden %0d",
+                             out_layer, out_pos, orel, expcyc[oidx[DEPTH_LOG2-3:0]]);
                 end
             end
             if (o_fire) begin
@@ -300,6 +355,8 @@ module ssvq_memstream_tb #(
                     res_in_beats <= in_beats + i_fire;
                     res_tlast_bad <= tl_bad + (o_last != 1'b1);
                     tl_bad <= 0;
+                    res_mismatches <= mism + obad;
+                    res_late <= late + olate;
                     snap <= 1;
                 end else begin
                     out_pos <= out_pos + 1;

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.triggers import Event, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import Event, First, ReadOnly, Timer
 from cocotb.utils import get_sim_steps
 
 from sim.coverage import BINS_PER_LAYER, layer_hits, mode_key
@@ -74,7 +74,12 @@ class Layer:
                              self.counters_model, timing_checked and reset is None, log)
         self.finished = Event()
         self.res: dict | None = None
-        self.t0 = None
+        self.t0 = self.t1 = self.c0 = self.c1 = None
+        self.got = None             # output beats accepted, when not all (timeout, reset)
+        self.error = None           # why the layer has no result (timeout, not run)
+        self.limit = None
+        self.reset_info = None      # (where, state after reset) for a layer cut by reset
+        self.extra_after_run = 0
         self.sections = layer_sections(cfg, self.lc, self.rows, self.cols)
         self.beats = sum(n for _, n in self.sections.values())
 
@@ -84,7 +89,7 @@ def _read_results(dut) -> dict:
     return {"counters": r,
             **{k: _int(getattr(dut, f"res_{k}")) for k in (
                 "layer", "hdr_cycle", "last_cycle", "stall_ports", "stall_gen", "gaps",
-                "in_beats", "status", "tlast_bad")},
+                "in_beats", "status", "tlast_bad", "mismatches", "late")},
             "rd_overrun": _int(dut.rd_overrun),
             "busy": str(dut.res_busy.value)}
 
@@ -142,6 +147,7 @@ async def _reset_at(dut, layer: Layer, edge):
     dut.rst.value = 0
     dut.force_bp.value = 0
     await ro
+    layer.got = _int(dut.reset_out_pos)
     busy = str(dut.busy.value)
     # what reset promises (docs/ARCH.md "Reset"): busy low and counters zero; the
     # counters are read over AXI4-Lite by the testbench's read sequencer (rd_req)
@@ -195,109 +201,109 @@ async def run_layers(dut):
     dut.force_bp.value = 0
     dut.dump_cov.value = 0
     dut.rd_req.value = 0
-    edge, ro = RisingEdge(dut.clk), ReadOnly()
+    # the testbench's `cycle` register moves at every rising edge; its clock rises and
+    # falls in one time step, which a RisingEdge(clk) trigger would not see
+    edge, ro = dut.cycle.value_change, ReadOnly()
     for _ in range(4):
         await edge
     dut.rst.value = 0
     dut.seed_load.value = 0
 
-    stray: list = []
-
-    async def outputs():
-        """Every accepted output beat, routed to its layer as it appears."""
-        seen = 0
-        while True:
-            await dut.out_count.value_change
-            await ro
-            n = _int(dut.out_count)
-            if n != seen + 1:
-                raise AssertionError(f"output beats counted {seen} -> {n} in one step")
-            seen = n
-            value, cyc = resolve(dut.out_data.value), _int(dut.out_cycle)
-            li = _int(dut.out_layer)
-            pos = _int(dut.out_pos)
-            li = li - 1 if pos == 0 else li       # the layer's last beat moved out_layer on
-            if 0 <= li < len(layers):
-                lay = layers[li]
-                if lay.sb.header_cycle is None:
-                    lay.sb.header_cycle = _int(dut.hdr_cycle)
-                lay.sb.on_beat(value, cyc)
-            else:
-                stray.append((value, cyc))
+    # Verilator calls value-change callbacks once the time step has settled; Icarus may
+    # call them while other registers of the same edge are still to be updated
+    settle = not cocotb.SIM_NAME.lower().startswith("verilator")
 
     async def layer_ends():
-        seen = 0
         while True:
             await dut.layer_events.value_change
-            await ro
-            seen += 1
+            if settle:
+                await ro
             r = _read_results(dut)
             li = r["layer"]
             if li is not None and 0 <= li < len(layers):
                 layers[li].res = r
                 layers[li].finished.set()
 
-    cocotb.start_soon(outputs())
     cocotb.start_soon(layer_ends())
+    dut.check_cycles.value = int(timing_checked)
 
     base = {"simulator": simulator, "stimulus": "memstream",
             "simulator_version": f"{cocotb.SIM_NAME} {cocotb.SIM_VERSION}",
             "build": cfg.to_dict(), "seed": seed, "stall_prob": p, "stall_prob_in": p_in,
             "stall_prob_out": p_out, "latency": latency, "overlap": overlap}
-    failed: list[str] = []
+    # ---- the run: Python waits per layer; the testbench compares every beat
     aborted = None
     t_run = time.perf_counter()
     for lay in layers:
-        lay.t0 = time.perf_counter()
+        lay.t0, lay.c0 = time.perf_counter(), time.process_time()
         if aborted:
-            res = {"name": lay.name, "config": lay.lc_name, "mode": lay.spec["mode"],
-                   "rows": lay.rows, "cols": lay.cols, **base, "passed": False,
-                   "bit_exact": False, "error": aborted}
-            write_json(lay.out_dir / "result.json", res)
-            failed.append(f"{lay.name}: not run")
+            lay.error, lay.got = aborted, 0
             continue
         if lay.reset:
-            res = await _interrupted(dut, lay, base, edge)
-        else:
-            limit = _cycle_limit(lay, p_in, p_out, latency)
-            await First(lay.finished.wait(), Timer(limit * period, unit="step"))
-            res = _result(lay, base, limit)
-        if not res["passed"]:
-            failed.append(f"{lay.name}: {res.get('error') or '; '.join(res['problems'][:3])}")
-            if res.get("error"):
-                aborted = (f"not run: layer {lay.name!r} before it failed and left the DUT "
-                           f"in an unknown state")
+            lay.reset_info = await _reset_at(dut, lay, edge)
+            lay.t1, lay.c1 = time.perf_counter(), time.process_time()
+            continue
+        lay.limit = _cycle_limit(lay, p_in, p_out, latency)
+        await First(lay.finished.wait(), Timer(lay.limit * period, unit="step"))
+        lay.t1, lay.c1 = time.perf_counter(), time.process_time()
+        if lay.res is None:
+            await ro
+            lay.got = _int(dut.out_pos) if _int(dut.out_layer) == lay.index else 0
+            lay.error = (f"timeout after {lay.limit} cycles: output stream delivered "
+                         f"{lay.got} of {len(lay.sb.expected)} beats")
+            aborted = (f"not run: layer {lay.name!r} before it failed and left the DUT in "
+                       f"an unknown state")
     for _ in range(GRACE_CYCLES):
         await edge
-    if stray and layers and not aborted:
-        lay = layers[-1]
-        for value, cyc in stray:
-            lay.sb.on_beat(value, cyc)
-        failed.append(f"{lay.name}: {len(stray)} output beats after the last layer")
-        r = json.loads((lay.out_dir / "result.json").read_text())
-        r["passed"] = False
-        r.setdefault("problems", []).append(f"{len(stray)} extra output beats after the run")
-        write_json(lay.out_dir / "result.json", r)
-    # coverage: the testbench's per-layer bins
+    await ro
+    extra = _int(dut.extra_beats)
+    sim_s = time.perf_counter() - t_run
+    # ---- the accepted beats, their cycles and the coverage, written by the testbench
+    await edge
     dut.dump_cov.value = 1
     for _ in range(2):
         await edge
-    cov_path = Path(stim["cov"])
-    if cov_path.is_file():
-        from sim.coverage import read_cov_file
-        hits = read_cov_file(cov_path, len(layers))
-        per = cfg.bus // 8
-        for lay, h in zip(layers, hits):
-            rp = lay.out_dir / "result.json"
-            if not rp.is_file():
-                continue
-            r = json.loads(rp.read_text())
-            r["coverage"] = {"mode": mode_key(lay.lc), "hits": h,
-                             "has_blocks": lay.rows > per}
-            write_json(rp, r)
-    dut._log.info("memstream run: %d cycles in %.2f s of layer time",
-                  _int(dut.cycle) or 0, time.perf_counter() - t_run)
+    out_words = _read_mem(Path(stim["out"]))
+    out_cyc = _read_mem(Path(stim["outcyc"]))
+    from sim.coverage import read_cov_file
+    hits = read_cov_file(Path(stim["cov"]), len(layers)) if Path(stim["cov"]).is_file() else None
+    per = cfg.bus // 8
+    failed: list[str] = []
+    for lay in layers:
+        start = int(stim["out_start"][lay.index])
+        n = lay.got if lay.got is not None else len(lay.sb.expected)
+        lay.sb.header_cycle = 0                     # cycles are counted from the header
+        for k in range(n):
+            lay.sb.on_beat(out_words.get(start + k, "unwritten"), out_cyc.get(start + k))
+        if lay is layers[-1] and extra and not aborted:
+            lay.extra_after_run = extra
+        res = (_interrupted(lay, base) if lay.reset else _result(lay, base))
+        if hits is not None and lay.error is None:
+            res["coverage"] = {"mode": mode_key(lay.lc), "hits": hits[lay.index],
+                               "has_blocks": lay.rows > per}
+        write_json(lay.out_dir / "result.json", res)
+        if not res["passed"]:
+            failed.append(f"{lay.name}: {res.get('error') or '; '.join(res['problems'][:3])}")
+    dut._log.info("memstream run: %d cycles in %.2f s (layers and checks)",
+                  _int(dut.cycle) or 0, sim_s)
     assert not failed, "layers failed:\n  " + "\n  ".join(failed)
+
+
+def _read_mem(path: Path) -> dict:
+    """A $writememh dump -> {address: int} (unwritten words, x, are left out)."""
+    out, addr = {}, 0
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("//") or not line:
+            continue
+        if line.startswith("@"):
+            addr = int(line[1:], 16)
+            continue
+        for w in line.split():
+            if all(c in "0123456789abcdefABCDEF" for c in w):
+                out[addr] = int(w, 16)
+            addr += 1
+    return out
 
 
 def _cycle_limit(lay: Layer, p_in: float, p_out: float, latency: int) -> int:
@@ -306,14 +312,12 @@ def _cycle_limit(lay: Layer, p_in: float, p_out: float, latency: int) -> int:
     return base * (3 if p == 0 else int(3 / (1 - min(p, 0.95)) ** 2) + 1)
 
 
-def _result(lay: Layer, base: dict, limit: int, error: str | None = None) -> dict:
+def _result(lay: Layer, base: dict) -> dict:
     sb = lay.sb
     r = lay.res
+    error = lay.error
     problems: list[str] = []
     counters_rtl = None
-    if error is None and r is None:
-        error = (f"timeout after {limit} cycles: output stream delivered {len(sb.observed)} "
-                 f"of {len(sb.expected)} beats")
     stall = None
     if r is not None:
         counters_rtl = r["counters"]
@@ -338,17 +342,23 @@ def _result(lay: Layer, base: dict, limit: int, error: str | None = None) -> dic
                             "previous layer's counters")
         if r["in_beats"] != lay.beats:
             problems.append(f"input stream accepted {r['in_beats']} of {lay.beats} beats")
-        if r["hdr_cycle"] != sb.header_cycle:
-            problems.append(f"header cycle {r['hdr_cycle']} but the first output beat was "
-                            f"timed from {sb.header_cycle}")
-    hdr, last = sb.header_cycle, sb.last_cycle
-    cycles_tb = last - hdr + 1 if (hdr is not None and last is not None and sb.done) else None
+        # the testbench's comparator and the scoreboard must agree beat for beat
+        if r["mismatches"] != sb.beat_mismatches:
+            problems.append(f"the testbench counted {r['mismatches']} output beats differing "
+                            f"from golden, the scoreboard {sb.beat_mismatches}")
+        if sb.timing_checked and r["late"] != sb.timing_mismatches:
+            problems.append(f"the testbench counted {r['late']} output beats off their golden "
+                            f"cycle, the scoreboard {sb.timing_mismatches}")
+    if lay.extra_after_run:
+        problems.append(f"{lay.extra_after_run} extra output beats after the run")
+    last = sb.last_cycle
+    cycles_tb = last + 1 if (last is not None and sb.done) else None
     out_cycles_match, counters_match, cproblems = sb.check_counters(
         counters_rtl, cycles_tb, stall, False)
     problems += cproblems
     summ = sb.summary()
     np.save(lay.out_dir / "outputs.npy", sb.outputs())
-    if summ["missing_beats"]:
+    if summ["missing_beats"] and error is None:
         problems.append(f"{summ['missing_beats']} output beats missing")
     if summ["extra_beats"]:
         problems.append(f"{summ['extra_beats']} extra output beats")
@@ -359,6 +369,8 @@ def _result(lay: Layer, base: dict, limit: int, error: str | None = None) -> dic
         problems.append(f"{sb.timing_mismatches} output beats off the golden cycle")
     passed = (error is None and summ["bit_exact"] and not problems
               and out_cycles_match is not False and counters_match is True)
+    wall = (lay.t1 - lay.t0) if lay.t1 is not None else None
+    cpu = (lay.c1 - lay.c0) if lay.c1 is not None else None
     res = {"name": lay.name, "config": lay.lc_name, "mode": lay.spec["mode"], "rows": lay.rows,
            "cols": lay.cols, **base, **summ,
            "timing_checked": sb.timing_checked,
@@ -369,25 +381,30 @@ def _result(lay: Layer, base: dict, limit: int, error: str | None = None) -> dic
            "stall_tb": stall, "stall_generated": r["stall_gen"] if r else None,
            "stall_match": (counters_rtl.get("stall") == stall == r["stall_gen"]
                            if r else None),
+           "tb_mismatches": r["mismatches"] if r else None,
+           "tb_late": r["late"] if r else None,
            "input_beats": lay.beats, "input_gaps": r["gaps"] if r else None,
-           "header_cycle": hdr, "busy_fall_delay": 0 if r and r["busy"] == "0" else None,
+           "header_cycle": r["hdr_cycle"] if r else None,
+           "busy_fall_delay": 0 if r and r["busy"] == "0" else None,
            "passed": bool(passed), "error": error, "problems": problems,
            "messages": sb.messages,
-           "wall_seconds": round(time.perf_counter() - lay.t0, 3)}
-    write_json(lay.out_dir / "result.json", res)
+           # from the start of the wait to the layer's end (checks and writing excluded)
+           "wall_seconds": round(wall, 4) if wall is not None else None,
+           # CPU time of the simulator process (Verilator/Icarus and cocotb's Python):
+           # the speed the machine's other load does not change
+           "cpu_seconds": round(cpu, 4) if cpu is not None else None}
     (sb.log.info if passed else sb.log.error)(
-        "layer %s (%s %dx%d): %s, %s cycles (model %s), %.2f s", lay.name, lay.lc_name,
+        "layer %s (%s %dx%d): %s, %s cycles (model %s)", lay.name, lay.lc_name,
         lay.rows, lay.cols, "PASS" if passed else "FAIL", res["cycles_rtl"],
-        res["cycles_model"], res["wall_seconds"])
+        res["cycles_model"])
     return res
 
 
-async def _interrupted(dut, lay: Layer, base: dict, edge) -> dict:
+def _interrupted(lay: Layer, base: dict) -> dict:
     """A layer cut by reset: the output beats it gave before reset must be a correct
     prefix, none may follow, and reset must leave busy low and every counter zero."""
-    where, after = await _reset_at(dut, lay, edge)
+    where, after = lay.reset_info
     sb = lay.sb
-    n_before = len(sb.observed)
     problems = []
     if (after["busy"] != "0" or after["status"] != 0
             or any(after[k] != 0 for k in COUNTERS)):
@@ -398,11 +415,10 @@ async def _interrupted(dut, lay: Layer, base: dict, edge) -> dict:
     res = {"name": lay.name, "config": lay.lc_name, "mode": lay.spec["mode"], "rows": lay.rows,
            "cols": lay.cols, **base, "reset": {"phase": lay.reset, "where": where,
                                                "after": after,
-                                               "output_beats_before": n_before},
+                                               "output_beats_before": lay.got},
            "bit_exact": sb.beat_mismatches == 0, "timing_checked": False,
            "passed": not problems, "error": None, "problems": problems,
-           "wall_seconds": round(time.perf_counter() - lay.t0, 3)}
-    write_json(lay.out_dir / "result.json", res)
+           "wall_seconds": round(lay.t1 - lay.t0, 4)}
     (sb.log.info if not problems else sb.log.error)(
         "layer %s reset in %s: %s", lay.name, where, "ok" if not problems else problems)
     return res
