@@ -183,6 +183,9 @@ def test_plan_choice():
     assert sweep.choose_plan(AccelConfig(), L, None, q, 0.9)["name"] == "ssvq-k256-d8"
     assert sweep.choose_plan(AccelConfig(), L, None, q, 0.95)["name"] == "int4"
     assert sweep.choose_plan(AccelConfig(kmax=64), L, None, q, 0.9)["name"] == "int4"
+    # 16 multipliers, 128-bit bus: int8 and int4 take the same cycles (compute-bound),
+    # int4 moves half the DRAM bits; SSVQ's codebook loads cost 1.3% more cycles
+    assert sweep.choose_plan(AccelConfig(mults=16, bus=128), L, None, q, 0.9)["name"] == "int4"
     assert sweep.choose_plan(AccelConfig(modes=("vq",)), L, None, q, 0.9) is None
     assert sweep.choose_plan(AccelConfig(modes=("vq",)), L, None, q, 0.85)["name"] == "vq-k256-d4"
     plan = [LayerConfig.parse(n) for n in ("ssvq-k256-d8", "int8")]

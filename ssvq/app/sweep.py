@@ -9,8 +9,9 @@ For every build point of a grid (ssvq.config.AccelConfig fields) it gets
 * a compression plan the build can run (choose_plan): `--plan NAME[,NAME...]` is a
   preference list (the first config the build runs is used for every layer); without
   it the plan is "auto": among the configs that have a MiniLM quality row (`--quality`)
-  with best mean cosine >= `--min-cosine`, the one with the fewest whole-model cycles
-  on this build; with no quality file the preference list FALLBACK_LADDER; with
+  with best mean cosine >= `--min-cosine`, the ones with the fewest whole-model cycles
+  on this build (within CYCLE_TOLERANCE, 1%), and of those the one with the least
+  energy per token (then the higher cosine); with no quality file the preference list FALLBACK_LADDER; with
   `--images DIR` and no `--plan` each layer keeps the config it has in the image set;
 * whole-model cycles, bits and access counts from the cost model (sim.cost, which
   calls sim.golden.timing, held to the RTL's counters), one token = one pass over all
@@ -48,6 +49,8 @@ FIELDS = tuple(AccelConfig().to_dict())
 DEFAULT_QUALITY = "reports/measured/quality-minilm/summary.json"
 FALLBACK_LADDER = ("ssvq-k256-d8", "vq-k256-d4", "ssvq-k256-d4", "int4", "int8")
 DEFAULT_SYNTH = "hw.synth:synthesize"
+# auto plan: configs within this fraction of the fewest cycles count as equally fast
+CYCLE_TOLERANCE = 0.01
 ROOT = Path(__file__).resolve().parents[2]
 
 _SUBLAYERS = (("attention.self.query", 384, 384), ("attention.self.key", 384, 384),
@@ -237,11 +240,17 @@ def choose_plan(cfg: AccelConfig, layers, plan=None, quality=None, min_cosine=0.
         if not runnable:
             return None
 
+        from sim.energy import model_energy
+
         def cycles(lc):
             return sum(timing(cfg, lc, r, c).counters["cycles"] for _, r, c in layers)
-        best = min(runnable, key=lambda lc: (cycles(lc), -quality[lc.name]["mean_cosine"],
-                                             lc.name))
-        rule = f"auto: fewest cycles with mean cosine >= {min_cosine}"
+        cyc = {lc.name: cycles(lc) for lc in runnable}
+        fast = [lc for lc in runnable if cyc[lc.name] <= (1 + CYCLE_TOLERANCE) * min(cyc.values())]
+        best = min(fast, key=lambda lc: (
+            model_energy(cfg, [(n, lc, r, c) for n, r, c in layers]).total_pj,
+            -quality[lc.name]["mean_cosine"], lc.name))
+        rule = (f"auto: mean cosine >= {min_cosine}, fewest cycles (within "
+                f"{CYCLE_TOLERANCE:.0%}), then least energy")
     else:
         ladder = plan if plan is not None else [LayerConfig.parse(n) for n in FALLBACK_LADDER]
         best = next((lc for lc in ladder if _runs(cfg, lc, layers)), None)
@@ -471,7 +480,7 @@ def run_sweep(points: list[AccelConfig], out, *, layers=MINILM_LAYERS, fixed=Non
         "pnr": pnr, "clock_mhz_assumed": None if pnr else clock_mhz, "backend": backend,
         "jobs": jobs, "synth": sopts,
         "plan_rule": (f"--plan {','.join(opts['plan'])}" if plan else "images" if fixed else
-                      f"auto (min mean cosine {min_cosine})" if quality else
+                      f"auto (mean cosine >= {min_cosine}; fewest cycles within {CYCLE_TOLERANCE:.0%}, then least energy)" if quality else
                       f"fallback ladder {','.join(FALLBACK_LADDER)}"),
         "wall_s": round(time.monotonic() - t0, 1), "points": results,
     }
