@@ -1,7 +1,7 @@
 """`ssvq sweep` (ssvq/app/sweep.py) and the energy table (sim/energy.py): grid parsing
 and its errors, one point's cost and energy against a hand computation, resume from
 the per-point cache, local vs Ray backends, Pareto selection, and the cost model of two
-sweep points against the RTL (Icarus, slow)."""
+sweep points against the RTL (Icarus)."""
 import json
 from pathlib import Path
 
@@ -281,10 +281,10 @@ def test_pareto_hand_made():
 
 
 # ------------------------------------------------------------------ against the RTL
-@pytest.mark.slow
 def test_sweep_cycles_match_rtl(tmp_path):
     """Two sweep points' cost model (the numbers a sweep reports) against Icarus runs of
-    the same builds on a small image set: every layer's RTL cycles and counters."""
+    the same builds on a small image set: every layer's RTL cycles and counters (about
+    20 s with both Icarus builds)."""
     from sim.runner import simulate_images
     from ssvq.image import read_images, write_images
     from tests.rtl_helpers import random_layer

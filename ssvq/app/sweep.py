@@ -565,7 +565,8 @@ def _plot(summary: dict, path: Path, cost, xlabel: str, key: str):
     ax.scatter([cost(p) for p in pts], [_tps(p) for p in pts], c="tab:gray", s=25,
                label="build points")
     fp = sorted((p for p in pts if p["hash"] in front), key=cost)
-    ax.plot([cost(p) for p in fp], [_tps(p) for p in fp], "o-", c="tab:red", ms=7,
+    ax.step([cost(p) for p in fp], [_tps(p) for p in fp], "-", c="tab:red", where="post")
+    ax.plot([cost(p) for p in fp], [_tps(p) for p in fp], "o", c="tab:red", ms=7,
             label="Pareto front")
     for p in fp:
         ax.annotate(f"{p['label']}\n{p['plan']['name']}", (cost(p), _tps(p)), fontsize=6,
