@@ -482,7 +482,10 @@ def run_sweep(points: list[AccelConfig], out, *, layers=MINILM_LAYERS, fixed=Non
         "plan_rule": (f"--plan {','.join(opts['plan'])}" if plan else "images" if fixed else
                       f"auto (mean cosine >= {min_cosine}; fewest cycles within {CYCLE_TOLERANCE:.0%}, then least energy)" if quality else
                       f"fallback ladder {','.join(FALLBACK_LADDER)}"),
-        "wall_s": round(time.monotonic() - t0, 1), "points": results,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "synth_seconds": round(sum(((p.get("synth") or {}).get("wall_s") or {}).get("total", 0)
+                                   for p in results), 1),
+        "points": results,
     }
     from sim.energy import PJ, SOURCE
     summary["energy_table_pj"], summary["energy_source"] = PJ, SOURCE
@@ -529,7 +532,9 @@ def write_markdown(summary: dict) -> str:
     L = [f"# Design-space sweep: {s['model']} ({s['layers']} layers, {s['weights']:,} weights)",
          "",
          f"{len(s['points'])} build points, {s['backend']} backend, {s['jobs']} jobs, "
-         f"{s['wall_s']:.0f} s wall (cached points included). One token = one pass over "
+         f"{s['wall_s']:.0f} s wall this run ({sum(p['cached'] for p in s['points'])} points from "
+         f"the cache; the points' synthesis took {s['synth_seconds']:.0f} s of tool time "
+         f"when they ran). One token = one pass over "
          f"all weights (layers back to back, each paying its header/codebook/params/acts "
          f"loads); cycles from the cost model (sim.cost / sim.golden.timing, equal to the "
          f"RTL's counters).",
