@@ -573,9 +573,12 @@ def _plot(summary: dict, path: Path, cost, xlabel: str, key: str):
     ax.step([cost(p) for p in fp], [_tps(p) for p in fp], "-", c="tab:red", where="post")
     ax.plot([cost(p) for p in fp], [_tps(p) for p in fp], "o", c="tab:red", ms=7,
             label="Pareto front")
+    at = {}                                 # points at the same place share one label
     for p in fp:
-        ax.annotate(f"{p['label']}\n{p['plan']['name']}", (cost(p), _tps(p)), fontsize=6,
-                    xytext=(4, 4), textcoords="offset points")
+        at.setdefault((cost(p), _tps(p)), []).append(f"{p['label']}: {p['plan']['name']}")
+    for (x, y), names in at.items():
+        ax.annotate("\n".join(names), (x, y), fontsize=6, xytext=(4, -4),
+                    textcoords="offset points", va="top")
     clock = "Fmax (nextpnr)" if summary["pnr"] else f"{summary['clock_mhz_assumed']:g} MHz assumed"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"MiniLM tokens/s ({clock})")
