@@ -124,6 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--config", help="accelerator build config JSON")
     y.add_argument("--out", required=True)
     y.set_defaults(func=_cmd("ssvq.app.commands", "synth_cmd"))
+
+    w = sub.add_parser("sweep", help="design-space sweep: area, Fmax, cycles, energy per "
+                       "build point, Pareto fronts")
+    w.add_argument("--model", default="minilm", help="minilm (its 36 encoder layer shapes)")
+    w.add_argument("--grid", required=True, help="grid JSON: {field: [values]} (cartesian "
+                   "product), a list of points, or {base, grid, points}; fields of "
+                   "ssvq.config.AccelConfig")
+    w.add_argument("--out", default="reports/sweep", help="output folder (sweep.json, "
+                   "sweep.md, plots, points/ cache)")
+    w.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: concurrent.futures processes; ray: Ray tasks on a local "
+                   "ray.init() (default local)")
+    w.add_argument("--jobs", type=int, default=2, help="points synthesised at once (default 2)")
+    w.add_argument("--images", help="image set: its layer shapes (and, without --plan, "
+                   "its per-layer configs) instead of MiniLM's")
+    w.add_argument("--plan", help="comma-separated preference list of configs (e.g. "
+                   "ssvq-k256-d8,int4): each point runs the first it can, on every layer "
+                   "(default: auto, the fastest config with a quality row >= --min-cosine)")
+    w.add_argument("--min-cosine", type=float, default=0.9,
+                   help="auto plan: lowest acceptable mean cosine (default 0.9)")
+    w.add_argument("--quality", help="quality summary.json for the auto plan and the "
+                   "fidelity column (default reports/measured/quality-minilm/summary.json "
+                   "if present)")
+    w.add_argument("--pnr", action=argparse.BooleanOptionalAction, default=False,
+                   help="also place and route (nextpnr-ecp5) for a measured Fmax "
+                   "(default off: Yosys area only, throughput at --clock-mhz)")
+    w.add_argument("--clock-mhz", type=float, default=100.0,
+                   help="clock assumed without --pnr (default 100, the synthesis target)")
+    w.add_argument("--work", default="build/sweep", help="synthesis work folders")
+    w.set_defaults(func=_cmd("ssvq.app.sweep", "sweep_cmd"))
     return p
 
 
