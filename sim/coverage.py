@@ -16,8 +16,9 @@ Back-pressure can only be seen where an output beat can be pending: during a lay
 weights (from its second block on), and at a queued header while the previous layer
 drains (overlapped runs). A layer's header is accepted only after the previous layer's
 last output beat and its first output beat needs its first row's last weight group
-(docs/ARCH.md), so back-pressure at the header's last beat, in the load sections and at
-the first weight beat cannot happen; those bins are not necessary.
+(docs/ARCH.md), so back-pressure at the last beat of a header of more than one beat, in
+the load sections and at the first weight beat cannot happen; those bins are not
+necessary (a one-beat header, on a 128-bit bus, is its own first and last beat).
 """
 from __future__ import annotations
 

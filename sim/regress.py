@@ -95,7 +95,7 @@ def case(seed: int) -> dict:
     for _ in range(n):
         name = str(rng.choice(configs))
         # odd shapes: not multiples of the lanes, D, mults or beats; several output blocks
-        rows = int(rng.choice([1, 3, 9, 17, 40, 77])) if rng.random() < 0.5 else int(rng.integers(1, 97))
+        rows = int(rng.choice([1, 3, 9, 17, 40, 77, 96])) if rng.random() < 0.5 else int(rng.integers(1, 97))
         cols = int(rng.integers(1, 130))
         layers.append((name, min(rows, cfg.max_rows), min(cols, cfg.max_cols)))
     resets = []
