@@ -42,7 +42,8 @@ from cocotb.triggers import Event, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_steps
 
 from ssvq.config import COUNTERS, AccelConfig, LayerConfig
-from ssvq.image import hex_to_beats, layer_sections
+from ssvq.image import layer_sections
+from sim.stimulus import beats_as_ints, load_beats as read_beats
 from sim.tb.driver import StreamDriver
 from sim.tb.monitor import StreamMonitor, resolve
 from sim.tb.scoreboard import Scoreboard
@@ -53,17 +54,8 @@ GRACE_CYCLES = 8            # cycles watched after a layer for extra output beat
 
 
 def load_beats(path: str, bus: int) -> list[int]:
-    p = Path(path)
-    if p.suffix == ".hex":
-        beats = hex_to_beats(p.read_text(), bus, str(p))
-    elif p.suffix == ".bin":                     # stream.bin: raw beats, LSB first
-        beats = np.frombuffer(p.read_bytes(), np.uint8)
-    else:
-        beats = np.load(p)
-    beats = np.ascontiguousarray(beats, np.uint8).reshape(-1, bus // 8)
-    if bus == 64:
-        return beats.view("<u8").reshape(-1).tolist()
-    return [int.from_bytes(row.tobytes(), "little") for row in beats]
+    """A layer stream (stream.bin, stream.hex or .npy) as one int per beat."""
+    return beats_as_ints(read_beats(path, bus))
 
 
 def write_json(path: Path, obj):
