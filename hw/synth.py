@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 from ssvq.config import AccelConfig
+from ssvq.errors import ConfigError
 
 TOP = "ssvq_accel"
 WRAPPER = "ssvq_accel_pnr"

@@ -45,7 +45,7 @@ from ssvq.config import COUNTERS, AccelConfig, LayerConfig
 from ssvq.image import layer_sections
 from sim.stimulus import beats_as_ints, load_beats as read_beats
 from sim.tb.driver import StreamDriver
-from sim.tb.monitor import StreamMonitor, resolve
+from sim.tb.monitor import StreamMonitor
 from sim.tb.scoreboard import Scoreboard
 
 PERIOD_NS = 10

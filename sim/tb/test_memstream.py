@@ -26,7 +26,7 @@ import numpy as np
 from cocotb.triggers import Event, First, ReadOnly, Timer
 from cocotb.utils import get_sim_steps
 
-from sim.coverage import BINS_PER_LAYER, layer_hits, mode_key
+from sim.coverage import mode_key
 from sim.tb.monitor import resolve
 from sim.tb.scoreboard import Scoreboard
 from ssvq.config import COUNTERS, AccelConfig, LayerConfig
