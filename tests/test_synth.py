@@ -78,3 +78,14 @@ def test_place_and_route_tiny_config(tmp_path):
     assert util["MULT18X18D"]["used"] == s["resources"]["MULT18X18D"]
     assert s["wrapper_resources"]["MULT18X18D"] == 0
     assert (tmp_path / f"{WRAPPER}.v").exists() and (tmp_path / "ssvq_accel.config").exists()
+
+
+def test_synthesize_refuses_bad_arguments(tmp_path):
+    from hw.synth import synthesize
+    from ssvq.config import AccelConfig
+    from ssvq.errors import ConfigError
+    with pytest.raises(ConfigError, match="expected an AccelConfig, found dict"):
+        synthesize({"kmax": 16}, tmp_path / "a", pnr=False)
+    with pytest.raises(ConfigError, match="device must be 'auto' or one of"):
+        synthesize(AccelConfig(), tmp_path / "b", device="LFE5U-12F", pnr=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
