@@ -62,8 +62,8 @@ def _lr(**groups) -> dict:
 def minilm_methods() -> dict:
     return {
         "cosvq": ("K=256 D=8 c4", CosVQ(k=256, d=8, coef_bits=4), _lr(latent_lr=2e-3)),
-        "dkm": ("K=64 D=4", DKM(k=64, d=4), _lr(latent_lr=2e-3)),
-        "diffq": ("penalty=0.02", DiffQ(penalty=2e-2), _lr(bits_lr=5e-2)),
+        "dkm": ("K=16 D=4 iters=1", DKM(k=16, d=4, iters=1), _lr(latent_lr=2e-3)),
+        "diffq": ("penalty=0.03", DiffQ(penalty=3e-2), _lr(bits_lr=5e-2)),
         "lr2vq": ("K=256 D=4 r=2", LR2VQ(k=256, d=4, rank=2), _lr(map_lr=3e-3)),
         "qsd": ("K=16 D=8 m2 c4", QSD(k=16, d=8, coef_bits=4), _lr(latent_lr=0.3)),
     }
@@ -371,6 +371,28 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
                             for r in tr[:: max(1, len(tr) // 8)])
             lines.append(f"- {k}: {pts}")
         lines.append("")
+    new = [r for r in rows if r["method"] in minilm_methods() and r["trained"]]
+    if new:
+        lines += ["## Training methods (compress.cosvq, dkm, diffq, lr2vq, qsd)", "",
+                  "Each method's rows: its initialisation (post-training, untrained row) "
+                  "and the model trained from it; --budget-minutes split equally among the "
+                  "methods named in --methods (equal training time); learning-rate groups "
+                  "in summary.json (`lr`). Bits/weight after training (diffq's widths are "
+                  "learned, one int width per layer).", "",
+                  "| method | config | bits/weight | mean cos | min cos | Pearson | steps | "
+                  "train min | image configs | stream round trip | RTL |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in new:
+            rtl = ("bit-exact" if r.get("rtl_bit_exact") else "FAILED") + \
+                f" ({r.get('rtl_simulator')}, {len(r.get('rtl_layers', []))} layers)"
+            lines.append(f"| {r['method']} | {r['config']} | {r['bits_per_weight']:.3f} | "
+                         f"{r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | "
+                         f"{r['pearson']:.4f} | {r['steps']} | {r['train_minutes']:.1f} | "
+                         f"{', '.join(r.get('configs', []))} | {r['images_round_trip']} | "
+                         f"{rtl} |")
+        lines += ["", "Images of every trained row in `images/<method>/`; the generated "
+                  "Verilog (Verilator) ran the first layer of each shape against the golden "
+                  "model (outputs, cycles and counters, in `rtl/<method>/`).", ""]
     if logs:
         lines += ["## Sign freezing", "",
                   "Fraction of frozen signs and sign flips per step (over all signs) during "
