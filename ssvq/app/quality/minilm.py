@@ -63,7 +63,7 @@ def minilm_methods() -> dict:
     return {
         "cosvq": ("K=256 D=8 c4", CosVQ(k=256, d=8, coef_bits=4), _lr(latent_lr=2e-3)),
         "dkm": ("K=16 D=4 iters=1", DKM(k=16, d=4, iters=1), _lr(latent_lr=2e-3)),
-        "diffq": ("penalty=0.03", DiffQ(penalty=3e-2), _lr(bits_lr=5e-2)),
+        "diffq": ("penalty=0.1", DiffQ(penalty=0.1), _lr(bits_lr=5e-2)),
         "lr2vq": ("K=256 D=4 r=2", LR2VQ(k=256, d=4, rank=2), _lr(map_lr=3e-3)),
         "qsd": ("K=16 D=8 m2 c4", QSD(k=16, d=8, coef_bits=4), _lr(latent_lr=0.3)),
     }
