@@ -110,3 +110,17 @@ def test_image_check_catches_a_stream_that_decodes_differently(monkeypatch):
     monkeypatch.setattr(q, "pack_layer", bad_pack)
     imgs[0].act = np.full(40, 100, np.int8)
     assert not q.check_images(imgs, {"a": x})
+
+
+def test_minilm_methods_are_choices_comma_separated(tmp_path, capsys):
+    """--methods for minilm splits on commas like digits' and knows the
+    training methods (ssvq.app.quality.minilm.minilm_methods)."""
+    from ssvq.app.quality.minilm import minilm_methods
+    assert set(minilm_methods()) == {"cosvq", "dkm", "diffq", "lr2vq", "qsd"}
+    for label, spec, lr in minilm_methods().values():
+        assert spec.layer_class() is not None and "lr_groups" in lr
+    assert main(["quality", "--model", "minilm", "--methods", "cosvq,int5",
+                 "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "int5" in err and "cosvq" in err and "'cosvq'" not in err.split("expected")[0]
+    assert not (tmp_path / "q").exists()

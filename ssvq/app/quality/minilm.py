@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.cosvq import CosVQ
+from compress.diffq import DiffQ
+from compress.dkm import DKM
+from compress.lr2vq import LR2VQ
+from compress.qsd import QSD
 from compress.run import write_model_images
 from compress.train import SSVQ, VQ, QuantizedModel, Uniform, fit
 from ssvq.app.quality.baselines import faiss_anchor
@@ -37,6 +42,31 @@ def minilm_specs() -> dict:
 
 MINILM_LR = {"lr": 1e-3, "lr_groups": {"latent_lr": 5e-3, "codebook_lr": 3e-3,
                                        "scale_lr": 3e-3, "shadow_lr": 2e-5, "other_lr": 1e-4}}
+
+
+def _lr(**groups) -> dict:
+    """MINILM_LR with some groups' rates replaced."""
+    return {"lr": MINILM_LR["lr"], "lr_groups": {**MINILM_LR["lr_groups"], **groups}}
+
+
+# The training methods of ssvq.app.quality.methods at MiniLM-sized
+# configurations near 2 bits/weight: name -> (config, spec, learning rates).
+# Rates: codebook / scale / other as MINILM_LR. cosvq's and dkm's latents are
+# weights in units of the row scale, moved continuously (not sign latents
+# whose only effect is a flip): digits gives them a third of SSVQ's latent
+# rate, so a third of MiniLM's SSVQ rate here. diffq's shadow weights are
+# float weights like the uniform QAT shadows (MINILM_LR shadow), its bit
+# logits unit-free (digits' 5e-2). lr2vq's projection map takes the codebook
+# rate. qsd's dense codes are integer after every projection, so a step moves
+# an entry only when it crosses a rounding boundary (digits' 0.3).
+def minilm_methods() -> dict:
+    return {
+        "cosvq": ("K=256 D=8 c4", CosVQ(k=256, d=8, coef_bits=4), _lr(latent_lr=2e-3)),
+        "dkm": ("K=16 D=4 iters=1", DKM(k=16, d=4, iters=1), _lr(latent_lr=2e-3)),
+        "diffq": ("penalty=0.1", DiffQ(penalty=0.1), _lr(bits_lr=5e-2)),
+        "lr2vq": ("K=256 D=4 r=2", LR2VQ(k=256, d=4, rank=2), _lr(map_lr=3e-3)),
+        "qsd": ("K=16 D=8 m2 c4", QSD(k=16, d=8, coef_bits=4), _lr(latent_lr=0.3)),
+    }
 
 
 def _minilm_train_other(name: str, p) -> bool:
@@ -75,15 +105,28 @@ MINILM_PTQ = ["int8", "ssvq-k256-d8", "vq-k256-d4", "ssvq-k256-d4", "int4", "int
 
 def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = None,
                seed: int = 0) -> dict:
+    """--methods: names of minilm_specs() (each its MINILM_TRAIN share of the
+    budget, else all of it) and of minilm_methods() (which split one budget
+    equally among those named: equal training time for the comparison)."""
     t_all = time.perf_counter()
     specs = minilm_specs()
+    extra = minilm_methods()
+    lrs = {}
+    labels = {}
+    for name, (label, spec, lr) in extra.items():
+        specs[name] = (name, spec)
+        lrs[name] = lr
+        labels[name] = label
     plan = MINILM_TRAIN
     if methods:
+        methods = [m for arg in methods for m in arg.split(",") if m]
         unknown = [m for m in methods if m not in specs]
         if unknown:
             raise UserError(f"--methods: unknown method(s) {unknown}; expected some of "
                             f"{list(specs)}")
-        plan = [(m, dict(MINILM_TRAIN).get(m, 1.0)) for m in methods]
+        n_new = sum(m in extra for m in methods)
+        plan = [(m, 1.0 / n_new if m in extra else dict(MINILM_TRAIN).get(m, 1.0))
+                for m in methods]
     out.mkdir(parents=True, exist_ok=True)
     threads = set_threads()
     corpus = build_corpus()
@@ -146,8 +189,9 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         t0 = time.perf_counter()
         qm = QuantizedModel(task.bert, spec)
         bpw = qm.bits()["bits_per_weight"]
-        if key in MINILM_PTQ:
-            add(dict(method=method, config=key, trained=False, bits_per_weight=bpw,
+        config = labels.get(key, key)
+        if key in MINILM_PTQ or key in extra:
+            add(dict(method=method, config=config, trained=False, bits_per_weight=bpw,
                      **evaluate(qm.to_float())), t0)
         if key not in budget:
             continue
@@ -158,14 +202,19 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         start = {"step": 0, "seconds": 0.0, "progress": 0.0, **{
             "eval_" + k: v for k, v in task.metrics(task.embed(qm, probe),
                                                     task.teacher(probe)).items()}}
+        torch.manual_seed(seed)
         qm, res = train_minilm(task, spec, 60.0 * minutes, corpus["train"], probe, seed=seed,
-                               qm=qm)
+                               qm=qm, lr=lrs.get(key))
         trajectories[key] = [start] + [{k: r[k] for k in r if k.startswith("eval_") or k in
                                         ("step", "seconds", "progress")} for r in res.log
                                        if "eval_mean_cosine" in r]
-        row = dict(method=method, config=key, trained=True, steps=res.steps,
-                   train_minutes=res.seconds / 60, bits_per_weight=bpw,
+        # bits after training: diffq's widths are learned
+        row = dict(method=method, config=config, trained=True, steps=res.steps,
+                   train_minutes=res.seconds / 60, bits_per_weight=qm.bits()["bits_per_weight"],
                    **evaluate(qm.to_float()))
+        if key in extra:
+            row["spec"] = spec.to_dict()
+            row["lr"] = lrs[key]
         calib = qm.capture(lambda m: task.embed(m, corpus["train"][:64]))
         imgs = qm.export(calib)
         row["images_round_trip"] = check_images(imgs, calib)
@@ -178,6 +227,13 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
             write_model_images(d, imgs, meta={"model": "minilm", "trained": True,
                                               "spec": spec.to_dict()})
             row["images"] = str(d.relative_to(out))
+            row.update(check_rtl(d, out / "rtl" / key, "verilator"))
+        elif key in extra:
+            d = out / "images" / key
+            write_model_images(d, imgs, meta={"model": "minilm", "trained": True,
+                                              "spec": spec.to_dict()})
+            row["images"] = str(d.relative_to(out))
+            row["configs"] = sorted({im.config.name for im in imgs})
             row.update(check_rtl(d, out / "rtl" / key, "verilator"))
         add(row, t0)
         del qm
@@ -315,6 +371,28 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
                             for r in tr[:: max(1, len(tr) // 8)])
             lines.append(f"- {k}: {pts}")
         lines.append("")
+    new = [r for r in rows if r["method"] in minilm_methods() and r["trained"]]
+    if new:
+        lines += ["## Training methods (compress.cosvq, dkm, diffq, lr2vq, qsd)", "",
+                  "Each method's rows: its initialisation (post-training, untrained row) "
+                  "and the model trained from it; --budget-minutes split equally among the "
+                  "methods named in --methods (equal training time); learning-rate groups "
+                  "in summary.json (`lr`). Bits/weight after training (diffq's widths are "
+                  "learned, one int width per layer).", "",
+                  "| method | config | bits/weight | mean cos | min cos | Pearson | steps | "
+                  "train min | image configs | stream round trip | RTL |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in new:
+            rtl = ("bit-exact" if r.get("rtl_bit_exact") else "FAILED") + \
+                f" ({r.get('rtl_simulator')}, {len(r.get('rtl_layers', []))} layers)"
+            lines.append(f"| {r['method']} | {r['config']} | {r['bits_per_weight']:.3f} | "
+                         f"{r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | "
+                         f"{r['pearson']:.4f} | {r['steps']} | {r['train_minutes']:.1f} | "
+                         f"{', '.join(r.get('configs', []))} | {r['images_round_trip']} | "
+                         f"{rtl} |")
+        lines += ["", "Images of every trained row in `images/<method>/`; the generated "
+                  "Verilog (Verilator) ran the first layer of each shape against the golden "
+                  "model (outputs, cycles and counters, in `rtl/<method>/`).", ""]
     if logs:
         lines += ["## Sign freezing", "",
                   "Fraction of frozen signs and sign flips per step (over all signs) during "
