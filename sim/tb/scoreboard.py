@@ -154,6 +154,22 @@ class Scoreboard:
             self._msg(f"layer {self.name!r}: {p}")
         return out_cycles_match, not problems, problems
 
+    def output_problems(self, missing: bool = True) -> list[str]:
+        """The output stream's faults in words (missing beats only if `missing`: a
+        layer that timed out already says so)."""
+        summ = self.summary()
+        out = []
+        if missing and summ["missing_beats"]:
+            out.append(f"{summ['missing_beats']} output beats missing")
+        if summ["extra_beats"]:
+            out.append(f"{summ['extra_beats']} extra output beats")
+        if summ["beat_mismatches"]:
+            out.append(f"{summ['beat_mismatches']} output beats differ ({summ['mismatches']} "
+                       f"values); first: {self.messages[0] if self.messages else ''}")
+        if self.timing_mismatches:
+            out.append(f"{self.timing_mismatches} output beats off the golden cycle")
+        return out
+
     def summary(self) -> dict:
         n = len(self.expected)
         got = min(len(self.observed), n)

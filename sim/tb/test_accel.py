@@ -279,15 +279,7 @@ async def _finish_layer(dut, run: LayerRun, driver, monitor, route, period, p, l
     problems += cproblems
     summ = sb.summary()
     np.save(run.out_dir / "outputs.npy", sb.outputs())
-    if summ["missing_beats"]:
-        problems.append(f"{summ['missing_beats']} output beats missing")
-    if summ["extra_beats"]:
-        problems.append(f"{summ['extra_beats']} extra output beats")
-    if summ["beat_mismatches"]:
-        problems.append(f"{summ['beat_mismatches']} output beats differ ({summ['mismatches']} "
-                        f"values); first: {sb.messages[0] if sb.messages else ''}")
-    if sb.timing_mismatches:
-        problems.append(f"{sb.timing_mismatches} output beats off the golden cycle")
+    problems += sb.output_problems()
     if tr.accepted != run.n_beats:
         problems.append(f"input stream accepted {tr.accepted} of {run.n_beats} beats")
     passed = (error is None and summ["bit_exact"] and not problems

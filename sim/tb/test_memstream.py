@@ -358,15 +358,7 @@ def _result(lay: Layer, base: dict) -> dict:
     problems += cproblems
     summ = sb.summary()
     np.save(lay.out_dir / "outputs.npy", sb.outputs())
-    if summ["missing_beats"] and error is None:
-        problems.append(f"{summ['missing_beats']} output beats missing")
-    if summ["extra_beats"]:
-        problems.append(f"{summ['extra_beats']} extra output beats")
-    if summ["beat_mismatches"]:
-        problems.append(f"{summ['beat_mismatches']} output beats differ ({summ['mismatches']} "
-                        f"values); first: {sb.messages[0] if sb.messages else ''}")
-    if sb.timing_mismatches:
-        problems.append(f"{sb.timing_mismatches} output beats off the golden cycle")
+    problems += sb.output_problems(missing=error is None)
     passed = (error is None and summ["bit_exact"] and not problems
               and out_cycles_match is not False and counters_match is True)
     wall = (lay.t1 - lay.t0) if lay.t1 is not None else None
