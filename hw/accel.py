@@ -129,8 +129,8 @@ class Accelerator(wiring.Component):
             with m.If(en):
                 m.d.sync += [n.eq(t) for n, t in zip(nxt, tag)]
             tag = nxt
-        a = acts.r_data[0]                       # valid one cycle after the group
-        for s in range(DECODE_LATENCY - 1):
+        a = acts.r_data[0]                       # valid RecordMemory.LATENCY after the group
+        for s in range(DECODE_LATENCY - RecordMemory.LATENCY):
             nxt = Signal.like(a, name=f"act_s{s}")
             with m.If(en):
                 m.d.sync += nxt.eq(a)

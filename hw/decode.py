@@ -1,6 +1,6 @@
 """Weight decoders, one per mode family. Both take the issued group record
-(stage 1) and deliver `mults` signed weights three cycles later, so the MAC
-array sees one group per cycle whatever the mode.
+(stage 1) and deliver `mults` signed weights LATENCY = 6 cycles later, so the
+MAC array sees one group per cycle whatever the mode.
 
 IntDecode: element e of an int-b group is bits e*b .. e*b+b-1, two's complement
 (b = 1: 0 is +1, 1 is -1).
@@ -9,11 +9,14 @@ CodebookDecode (vq, ssvq, additive): the record is [signs (ssvq: mults bits)]
 then L*m slots s = l*m + i of (code, coefficient), F = code_bits + coef_bits bits
 each. Lane l's vector is sum_i coef(l, i) * codebook_i[code(l, i)] (coefficient 1
 without coefficient bits), negated per element where its sign bit is set.
-  A: slot fields picked at stride F, codes to the codebook read ports
-  B: codewords read; each element picks its lane's word and element j
-  C: coefficient products summed, sign applied
+  A1: slot fields picked at stride F            A2: codes to the codebook read ports
+  R:  the memory's output register             S:  each element picks its lane's word
+                                                    and element j; sign applied
+  P:  coefficient x codeword (shift-and-add)    C:  sum over the m codewords
+One register per stage: each stage is at most a few LUT levels or one carry
+chain, for the ECP5 clock target (docs/ARCH.md, "Timing closure").
 """
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,7 +25,7 @@ from ssvq.config import CW_BITS, AccelConfig, Mode, log2
 
 
 class IntDecode(wiring.Component):
-    LATENCY = 3
+    LATENCY = 6      # as CodebookDecode: both feed the MAC array in the same cycle
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -50,7 +53,9 @@ class IntDecode(wiring.Component):
 
 
 class CodebookDecode(wiring.Component):
-    LATENCY = 3
+    # A1 slot fields, A2 codes to the read ports (the memory's address register),
+    # R read data registered, S select and sign, P coefficient products, C sum
+    LATENCY = 6
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -69,6 +74,18 @@ class CodebookDecode(wiring.Component):
         lanes, mm, mults = cfg.lanes_max, cfg.m_max, cfg.mults
         cmax, cbmax = cfg.code_bits_max, cfg.coef_bits_max
         en = self.en
+
+        def reg(value, name, shape=None):
+            r = Signal(shape if shape is not None else Value.cast(value).shape(), name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+
+        def delay(value, n, name):
+            for s in range(n):
+                value = reg(value, f"{name}_d{s}")
+            return value
+
         mems = []
         for i in range(mm):
             mem = RecordMemory(cfg.d_max * CW_BITS, cfg.kmax, read_ports=lanes)
@@ -80,7 +97,7 @@ class CodebookDecode(wiring.Component):
         grp = self.grp
         nslots = lanes * mm
 
-        # A: slot fields at stride F after the signs
+        # A1: slot fields at stride F after the signs (a mux of one case per width)
         body = Signal(len(grp))
         m.d.comb += body.eq(Mux(is_ssvq, grp >> mults, grp))
         fwidth = self.code_bits + self.coef_bits
@@ -93,11 +110,12 @@ class CodebookDecode(wiring.Component):
                     if (s + 1) * w <= len(body):
                         with m.Case(w):
                             m.d.comb += f.eq(body[s * w:(s + 1) * w])
-            slots.append(f)
-        code = [[Signal(max(cmax, 1), name=f"code{lane}_{i}") for i in range(mm)]
-                for lane in range(lanes)]
-        coef = [[Signal(signed(cbmax + 2), name=f"coef{lane}_{i}") for i in range(mm)]
-                for lane in range(lanes)]
+            slots.append(reg(f, f"slot{s}_a1"))
+        sign = delay(Mux(is_ssvq, grp[:mults], 0), 3, "sign")       # to S
+
+        # A2: lane l's code i to codebook i's read port l; its coefficient
+        cw_sh = signed(max(cbmax, 2))          # -2^(c-1) .. 2^(c-1)-1, and 1 (no coefficient)
+        coef = [[None] * mm for _ in range(lanes)]
         for lane in range(lanes):
             for i in range(mm):
                 # m = 1: slot l is lane l; m = 2: slot 2l + i
@@ -105,10 +123,10 @@ class CodebookDecode(wiring.Component):
                 f2 = slots[2 * lane + i] if mm == 2 else 0
                 f = Signal(fmax, name=f"field{lane}_{i}")
                 m.d.comb += f.eq(Mux(self.m == 2, f2, f1))
-                m.d.comb += code[lane][i].eq(f & ((1 << self.code_bits) - 1))
+                m.d.comb += mems[i].r_addr[lane].eq(f & ((1 << self.code_bits) - 1))
                 raw = Signal(max(cbmax, 1), name=f"rawcoef{lane}_{i}")
                 m.d.comb += raw.eq(f >> self.code_bits)
-                cv = Signal(signed(cbmax + 2), name=f"cv{lane}_{i}")
+                cv = Signal(cw_sh, name=f"cv{lane}_{i}")
                 with m.Switch(self.coef_bits):
                     with m.Case(0):
                         m.d.comb += cv.eq(Mux((i == 0) | (self.m == 2), 1, 0))
@@ -116,44 +134,58 @@ class CodebookDecode(wiring.Component):
                         with m.Case(cbits):
                             m.d.comb += cv.eq(Mux((i == 0) | (self.m == 2),
                                                   raw[:cbits].as_signed(), 0))
-                with m.If(en):
-                    m.d.sync += coef[lane][i].eq(cv)
-                m.d.comb += mems[i].r_addr[lane].eq(code[lane][i])
-        sign_b = Signal(mults)
-        with m.If(en):
-            m.d.sync += sign_b.eq(Mux(is_ssvq, grp[:mults], 0))
+                coef[lane][i] = delay(cv, 2, f"coef{lane}_{i}")     # to S
 
-        # B: each element picks its lane's codeword element (and coefficient)
-        cw_c = [[Signal(signed(9), name=f"cw{e}_{i}") for i in range(mm)] for e in range(mults)]
-        coef_c = [[Signal(signed(cbmax + 2), name=f"ce{e}_{i}") for i in range(mm)]
-                  for e in range(mults)]
-        sign_c = Signal(mults)
-        with m.If(en):
-            m.d.sync += sign_c.eq(sign_b)
+        # R: the memory's output register (RecordMemory.LATENCY = 2: nothing follows an
+        # unregistered block-RAM output, the slowest path on an ECP5: docs/ARCH.md)
+        assert RecordMemory.LATENCY == 2
+        rd = [[mems[i].r_data[lane] for i in range(mm)] for lane in range(lanes)]
+
+        # S: each element picks its lane's codeword element, as a signed value with
+        # the weight's sign applied (-(c*x) = c*(-x)), and its coefficient
+        wb = cfg.weight_bits
+        prod = [[None] * mm for _ in range(mults)]
         for e in range(mults):
             for i in range(mm):
                 cw = Signal(8, name=f"cwsel{e}_{i}")
-                ce = Signal(signed(cbmax + 2), name=f"cesel{e}_{i}")
+                ce = Signal(cw_sh, name=f"cesel{e}_{i}")
                 with m.Switch(self.log2_d):
                     for d in cfg.d_set:
                         lane, j = e // d, e % d
                         if lane < lanes:
                             with m.Case(log2(d)):
-                                m.d.comb += [cw.eq(mems[i].r_data[lane].word_select(j, CW_BITS)),
+                                m.d.comb += [cw.eq(rd[lane][i].word_select(j, CW_BITS)),
                                              ce.eq(coef[lane][i])]
                 # codebook i >= m is never written in this layer: its (undefined) read
                 # data must not reach the product, even times a zero coefficient
                 used = 1 if i == 0 else (self.m == 2)
-                with m.If(en):
-                    m.d.sync += [cw_c[e][i].eq(Mux(used, Mux(is_ssvq, cw, cw.as_signed()), 0)),
-                                 coef_c[e][i].eq(ce)]
+                v = Signal(signed(9), name=f"cwv{e}_{i}")
+                m.d.comb += v.eq(Mux(used, Mux(is_ssvq, cw, cw.as_signed()), 0))
+                x = reg(Mux(sign[e], -v, v), f"cw{e}_{i}_s", signed(10))
+                c = reg(ce, f"ce{e}_{i}_s")
+                # P: coefficient x codeword as shift-and-add in LUTs: a hard multiplier
+                # each would need 64 MULT18X18D at the default build, more than an
+                # LFE5U-45F has beside the MAC array's 32
+                if cbmax == 0:
+                    p = x
+                else:
+                    n = len(c)
+                    terms = [Mux(c[k], x << k, 0) for k in range(n - 1)]
+                    terms.append(-Mux(c[n - 1], x << (n - 1), 0))
+                    p = _tree(terms)
+                prod[e][i] = reg(p, f"cp{e}_{i}", signed(wb))
 
-        # C: sum of the coefficient products, sign applied
+        # C: sum over the m codewords
         for e in range(mults):
-            v = Signal(signed(cfg.weight_bits), name=f"cbsum{e}")
-            m.d.comb += v.eq(sum(coef_c[e][i] * cw_c[e][i] for i in range(mm)))
-            w = Signal(signed(cfg.weight_bits), name=f"cb_w{e}")
-            with m.If(en):
-                m.d.sync += w.eq(Mux(sign_c[e], -v, v))
-            m.d.comb += self.w[e].eq(w)
+            self_w = reg(_tree(prod[e]), f"cb_w{e}", signed(wb))
+            m.d.comb += self.w[e].eq(self_w)
         return m
+
+
+def _tree(values):
+    while len(values) > 1:
+        nxt = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+    return values[0]

@@ -1,25 +1,29 @@
-"""MAC array: `mults` multipliers, a two-stage adder tree and the row
+"""MAC array: `mults` multipliers, a pipelined adder tree and the row
 accumulator. Emits each row's dot product when its last group has gone through."""
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.prims import RegisteredMult
 from ssvq.config import ACC_BITS, ACT_BITS, AccelConfig
 
-TREE_CHUNK = 8      # products per first-stage adder (one 32-input tree was too slow)
+TREE_STAGES = 3     # registered stages of the adder tree (two adder levels each at 32 mults)
 
 
-def tree_sum(values):
-    while len(values) > 1:
+def tree_levels(values, levels):
+    """`levels` levels of pairwise addition (an odd one out passes through)."""
+    for _ in range(levels):
+        if len(values) == 1:
+            break
         nxt = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
         if len(values) % 2:
             nxt.append(values[-1])
         values = nxt
-    return values[0]
+    return values
 
 
 class MacArray(wiring.Component):
-    LATENCY = 4      # products, partial sums, group sum, accumulate
+    LATENCY = RegisteredMult.LATENCY + TREE_STAGES + 1    # products, tree, accumulate
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -36,7 +40,6 @@ class MacArray(wiring.Component):
         cfg = self.cfg
         m = Module()
         en = self.en
-        pw = cfg.weight_bits + ACT_BITS
         tag = (self.valid, self.first, self.last, self.row, self.lastrow)
 
         def delay(sigs, name):
@@ -45,25 +48,33 @@ class MacArray(wiring.Component):
                 m.d.sync += [o.eq(s) for o, s in zip(out, sigs)]
             return out
 
+        # products: hard multipliers with input and output registers (hw.prims)
         prods = []
         for e in range(cfg.mults):
-            p = Signal(signed(pw), name=f"prod{e}")
-            with m.If(en):
-                m.d.sync += p.eq(self.w[e] * self.a[e])
-            prods.append(p)
-        t1 = delay(tag, "t1")
-        partial = []
-        for i in range(0, cfg.mults, TREE_CHUNK):
-            chunk = prods[i:i + TREE_CHUNK]
-            ps = Signal(signed(pw + (len(chunk) - 1).bit_length()), name=f"partial{i // TREE_CHUNK}")
-            with m.If(en):
-                m.d.sync += ps.eq(tree_sum(chunk))
-            partial.append(ps)
-        t2 = delay(t1, "t2")
-        psum = Signal(signed(ACC_BITS))
-        with m.If(en):
-            m.d.sync += psum.eq(tree_sum(partial))
-        valid, first, last, row, lastrow = delay(t2, "t3")
+            mul = RegisteredMult(cfg.weight_bits, ACT_BITS)
+            m.submodules[f"mult{e}"] = mul
+            m.d.comb += [mul.en.eq(en), mul.a.eq(self.w[e]), mul.b.eq(self.a[e])]
+            prods.append(mul.p)
+        # the tree: a register after every ceil(log2(mults) / TREE_STAGES) levels (one
+        # level is a carry chain of about 20 bits: two fit in a cycle on an ECP5)
+        t = tag
+        for k in range(RegisteredMult.LATENCY):
+            t = delay(t, f"tm{k}")
+        total = (cfg.mults - 1).bit_length()
+        per = -(-total // TREE_STAGES)
+        sums = prods
+        for st in range(TREE_STAGES):
+            nxt = []
+            for j, v in enumerate(tree_levels(sums, per)):
+                r = Signal(signed(min(ACC_BITS, len(v))), name=f"tree{st}_{j}")
+                with m.If(en):
+                    m.d.sync += r.eq(v)
+                nxt.append(r)
+            sums = nxt
+            t = delay(t, f"tt{st}")
+        assert len(sums) == 1
+        psum = sums[0]
+        valid, first, last, row, lastrow = t
         acc = Signal(signed(ACC_BITS))
         acc_next = Signal(signed(ACC_BITS))
         m.d.comb += acc_next.eq(Mux(first, psum, acc + psum))

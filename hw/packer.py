@@ -10,7 +10,7 @@ from ssvq.config import OUT_BITS, AccelConfig
 
 
 class OutputPacker(wiring.Component):
-    LATENCY = 1
+    LATENCY = 2      # saturate, pack
 
     def __init__(self, cfg: AccelConfig, value_bits: int):
         self.cfg = cfg
@@ -30,9 +30,13 @@ class OutputPacker(wiring.Component):
         o_last = self.o_last
         m.d.comb += [self.en.eq(~(o.valid & ~o.ready)),
                      self.layer_done.eq(o.valid & o.ready & o_last)]
+        # saturation in a stage of its own (two 60-bit compares)
         y = Signal(signed(OUT_BITS))
+        valid, lastrow = Signal(), Signal()
         v = self.value
-        m.d.comb += y.eq(Mux(v > 127, 127, Mux(v < -128, -128, v)))
+        with m.If(self.en):
+            m.d.sync += [y.eq(Mux(v > 127, 127, Mux(v < -128, -128, v))),
+                         valid.eq(self.valid), lastrow.eq(self.lastrow)]
         pack = Signal(bus)
         idx = Signal(range(per))
         packed = Signal(bus)
@@ -43,9 +47,9 @@ class OutputPacker(wiring.Component):
                     m.d.comb += packed.word_select(i, OUT_BITS).eq(y)
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
-        with m.If(self.en & self.valid):
-            with m.If((idx == per - 1) | self.lastrow):
-                m.d.sync += [o.valid.eq(1), o.payload.eq(packed), o_last.eq(self.lastrow),
+        with m.If(self.en & valid):
+            with m.If((idx == per - 1) | lastrow):
+                m.d.sync += [o.valid.eq(1), o.payload.eq(packed), o_last.eq(lastrow),
                              pack.eq(0), idx.eq(0)]
             with m.Else():
                 m.d.sync += [pack.eq(packed), idx.eq(idx + 1)]

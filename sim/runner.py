@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hw.prims import PRIMS_SIM, SIM_MODELS
 from ssvq.config import AccelConfig
 from ssvq.errors import ConfigError, SimError
 
@@ -151,7 +152,8 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             {"config": cfg.to_dict(), "simulator": simulator, "recipe": BUILD_RECIPE,
              "args": extra, "top": top, "params": params, "waves": bool(waves)},
             sort_keys=True).encode()
-            + text.encode() + tb_text.encode()).hexdigest()[:12]
+            + text.encode() + tb_text.encode()
+            + (SIM_MODELS.read_bytes() if _uses_primitives(text) else b"")).hexdigest()[:12]
         tag = (f"{stimulus[:3]}{params['DEPTH_LOG2']}" if mem else stimulus[:3]) + (
             "-waves" if waves else "")
         bdir = build_root / f"{simulator}-{config_tag(cfg)}-{tag}-{key}"
@@ -167,6 +169,9 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
             src = bdir / f"{TOP}.v"
             shutil.copyfile(vfile, src)
             sources = [src]
+            if _uses_primitives(text):
+                sources.append(bdir / PRIMS_SIM)
+                shutil.copyfile(SIM_MODELS, sources[-1])
             if mem:
                 sources.append(bdir / TB_SOURCE.name)
                 shutil.copyfile(TB_SOURCE, sources[-1])
@@ -197,6 +202,11 @@ def build(cfg: AccelConfig, simulator: str, build_root="build/sim", verilog=None
         shutil.rmtree(gen, ignore_errors=True)
 
 
+def _uses_primitives(text: str) -> bool:
+    """An ecp5-target Verilog instantiates the primitives hw/prims_sim.v models."""
+    return bool(re.search(r"^\s*(DP16KD|MULT18X18D)\s", text, re.M))
+
+
 def _source_digest() -> str:
     """What the generated Verilog depends on: the RTL, the contract it is built from,
     and the Amaranth version."""
@@ -204,7 +214,7 @@ def _source_digest() -> str:
 
     h = hashlib.sha256(amaranth.__version__.encode())
     for d in ("hw", "ssvq"):
-        for f in sorted((REPO / d).glob("*.py")):
+        for f in sorted([*(REPO / d).glob("*.py"), *(REPO / d).glob("*.v")]):
             h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -110,8 +110,14 @@ def test_random_stalls(tmp_path, simulator, config):
     summary = _simulate(images, simulator, tmp_path / "out", seed=11, stall_prob=0.3,
                         latency=5)
     _check(summary, expect_timing=False)
+    assert sum(l["counters_rtl"]["stall"] for l in summary["layers"]) > 0
     for l in summary["layers"]:
-        assert l["counters_rtl"]["stall"] > 0
+        # (a layer of a dozen beats may draw no stall at 0.3; `passed` has already
+        # checked cnt_stall against the stalls seen on the ports, every layer)
+        beats = sum(l["counters_rtl"][s] for s in ("header", "codebook", "params", "acts",
+                                                  "weights"))
+        if beats >= 32:
+            assert l["counters_rtl"]["stall"] > 0, l["name"]
         assert l["cycles_rtl"] >= l["cycles_model"]
 
 

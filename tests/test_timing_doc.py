@@ -11,7 +11,7 @@ from ssvq.config import AccelConfig, LayerConfig
 from sim.golden import timing as golden_timing
 
 DECODE_CYCLES = 3
-PIPELINE_DEPTH = 12
+PIPELINE_DEPTH = 24
 LOAD_SECTIONS = ("codebook", "params", "acts", "weights")
 
 

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hw.accel import PIPELINE_DEPTH
 from ssvq.config import AccelConfig, LayerConfig
 from ssvq.errors import SimError
 
@@ -45,10 +46,10 @@ SEQ_LAYER = (LayerConfig("int", bits=1), 9, 1)
 # Cycles in which the pipeline could move (no output beat waiting) after the last input
 # beat within which the sequence check's layer must have handed over every beat: the
 # records still in the gearbox (at most cap/64 = 4), one weight group per cycle
-# (rows x G = 9), PIPELINE_DEPTH (12), the hand-over, and a margin of 3. BMC of the
+# (rows x G = 9), PIPELINE_DEPTH (hw.accel), the hand-over, and a margin of 3. BMC of the
 # correct design confirms the bound is not too tight (it would fail `all_beats`).
-SEQ_QUIET = 4 + 9 + 12 + 1 + 3
-DEPTH = {"handshake": 30, "sequence": 42}
+SEQ_QUIET = 4 + 9 + PIPELINE_DEPTH + 1 + 3
+DEPTH = {"handshake": 11 + PIPELINE_DEPTH + 7, "sequence": 11 + PIPELINE_DEPTH + 19}
 SOLVERS = {"yices": "yices-smt2", "z3": "z3"}
 
 # Deliberately broken designs: (module, text in it, replacement, what it breaks).
@@ -193,7 +194,7 @@ def _vector(words: list[int], bus: int) -> str:
 def _write_design(kind: str, cfg: AccelConfig, variant: str | None, wd: Path) -> dict:
     from hw.verilog import generate
 
-    vfile = generate(cfg, wd / "rtl")
+    vfile = generate(cfg, wd / "rtl", target="generic")   # SMT: no primitive models
     text = vfile.read_text()
     if variant:
         text = mutate(text, variant)
