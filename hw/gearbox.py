@@ -1,44 +1,78 @@
 """Input gearbox: bus beats in, records of any width (set per cycle) out.
 
 Every section of a layer stream is a bit string of equal-width records that may
-straddle beats (docs/FORMAT.md). The gearbox keeps the stream's next `level`
-bits at the bottom of a buffer; the consumer looks at `head` and drops
-`consume` bits a cycle (a record, plus a section's padding after its last
-record). A beat is accepted while `level + bus <= cap`, a test on registered
+straddle beats (docs/FORMAT.md). The gearbox holds the stream's next `level`
+bits; the consumer drops `consume` bits a cycle (a record, plus a section's
+padding after its last record) and sees the record it took on `head` LATENCY
+cycles later. A beat is accepted while `level + bus <= cap`, a test on registered
 state only, so input ready never depends on the output side in the same cycle.
 With cap >= widest record + 2*bus - 1 a consumer taking a record whenever one is
 there never makes the input wait when records are at least a beat wide.
+
+The bits sit in a ring of `size` bits (a power of two, at least cap), written a
+whole beat at a time at word `wptr` and read from bit `rptr`; rptr + level is
+always wptr's bit position, so a beat never lands on unread bits and nothing is
+shifted in place. The read is a rotation by rptr in two registered stages
+(whole beats, then the bit offset inside a beat), out of the path that decides
+how many bits to drop: that path is only the level and pointer arithmetic.
+Both read stages are clocked by `en` (the pipeline enable), so a record on its
+way to `head` is frozen with the pipeline behind it.
 """
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 
 class Gearbox(wiring.Component):
-    LATENCY = 1       # a beat accepted in cycle n is in `head`/`level` from cycle n+1
+    LATENCY = 2       # a record taken in cycle n is on `head` in cycle n+2
 
     def __init__(self, bus: int, width: int):
         self.bus, self.width = bus, width
         self.cap = width + 2 * bus
+        words = 1 << (-(-self.cap // bus) - 1).bit_length()
+        self.words, self.size = words, words * bus
         super().__init__({
             "i_valid": In(1), "i_data": In(bus), "i_allow": In(1), "i_ready": Out(1),
-            "consume": In(range(self.cap + 1)),
+            "consume": In(range(self.cap + 1)), "en": In(1),
             "head": Out(width), "level": Out(range(self.cap + 1)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        buf = Signal(self.cap)
+        bus, words = self.bus, self.words
+        lb = bus.bit_length() - 1
+        ring = [Signal(bus, name=f"ring{w}") for w in range(words)]
+        wptr = Signal(range(words))
+        rptr = Signal(range(self.size))
         accept = Signal()
-        kept = Signal(range(self.cap + 1))
         m.d.comb += [
-            self.i_ready.eq(self.i_allow & (self.level + self.bus <= self.cap)),
+            self.i_ready.eq(self.i_allow & (self.level <= self.cap - bus)),
             accept.eq(self.i_valid & self.i_ready),
-            kept.eq(self.level - self.consume),
-            self.head.eq(buf[:self.width]),
         ]
-        m.d.sync += [
-            buf.eq((buf >> self.consume) | Mux(accept, self.i_data << kept, 0)),
-            self.level.eq(kept + Mux(accept, self.bus, 0)),
-        ]
+        with m.If(accept):
+            m.d.sync += wptr.eq(wptr + 1)
+            with m.Switch(wptr):
+                for w in range(words):
+                    with m.Case(w):
+                        m.d.sync += ring[w].eq(self.i_data)
+        m.d.sync += [self.level.eq(self.level - self.consume + Mux(accept, bus, 0)),
+                     rptr.eq(rptr + self.consume)]
+
+        # read stage 1: the beats from rptr's word on (enough for a record at any offset)
+        span = -(-self.width // bus) + 1
+        window = Signal(span * bus)
+        off = Signal(lb)
+        q = rptr[lb:] if words > 1 else 0
+        for k in range(span):
+            sel = Signal(bus, name=f"win{k}")
+            with m.Switch(q):
+                for w in range(words):
+                    with m.Case(w):
+                        m.d.comb += sel.eq(ring[(w + k) % words])
+            with m.If(self.en):
+                m.d.sync += window.word_select(k, bus).eq(sel)
+        with m.If(self.en):
+            m.d.sync += off.eq(rptr[:lb])
+            # read stage 2: the bit offset inside the first beat
+            m.d.sync += self.head.eq((window >> off)[:self.width])
         return m

@@ -78,7 +78,8 @@ def run(name: str, cfg: AccelConfig, out: Path, device: str = "85k", freq: float
     from hw.synth import _run_logged, _tool
     out.mkdir(parents=True, exist_ok=True)
     h = TimingHarness(component(name, cfg))
-    (out / "harness.v").write_text(verilog.convert(h, name="harness", ports=[h.si, h.so],
+    from hw.prims import ECP5
+    (out / "harness.v").write_text(verilog.convert(h, name="harness", ports=[h.si, h.so], platform=ECP5,
                                                    emit_src=False))
     (out / "h.ys").write_text("read_verilog harness.v\nsynth_ecp5 -top harness -json h.json\n"
                               "tee -q -o stat.txt stat\n")

@@ -12,7 +12,7 @@ Two small state machines share the gearbox:
 Cycle-exact behaviour is modelled in sim/golden.py:timing; docs/ARCH.md says it
 in prose.
 """
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, Value
 from amaranth.lib import enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -49,8 +49,12 @@ def ceil_shift(value, k: int):
 
 
 class SectionLoader(wiring.Component):
-    ISSUE_LATENCY = 1     # a group taken in cycle n is on `grp` in cycle n+1
-    DECODE_CYCLES = 3     # geometry, rows*G, rows*G*group_bits
+    ISSUE_LATENCY = 1 + Gearbox.LATENCY    # a group taken in cycle n is on `grp` in n+3
+    # DECODE: the header reaches `head` (Gearbox.LATENCY), is latched (1), and the
+    # geometry pipeline below works out the layer's numbers (GEOMETRY_STAGES); the
+    # last cycle hands over to the first load section.
+    GEOMETRY_STAGES = 8
+    DECODE_CYCLES = Gearbox.LATENCY + 1 + GEOMETRY_STAGES
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -86,30 +90,27 @@ class SectionLoader(wiring.Component):
         m.submodules.gearbox = gb = Gearbox(bus, cfg.max_record_bits)
         i_s, hdr = self.i_stream, self.hdr
         hb = -(-HEADER_BITS // bus)
+        en = self.en
 
-        m.d.comb += [gb.i_valid.eq(i_s.valid), gb.i_data.eq(i_s.payload),
+        m.d.comb += [gb.i_valid.eq(i_s.valid), gb.i_data.eq(i_s.payload), gb.en.eq(en),
                      i_s.ready.eq(gb.i_ready), self.accept.eq(i_s.valid & gb.i_ready),
                      self.w_data.eq(gb.head)]
 
-        # ---- layer geometry, worked out in the DECODE cycles from the header
-        lm = log2(cfg.mults)
+        # ---- layer geometry: a pipeline of registers from the latched header, settled
+        # GEOMETRY_STAGES cycles after it (the header does not change during DECODE)
+        geo = self._geometry(m, hdr)
+        groups, cw_bits, cb_records = self.groups, geo["cw_bits"], geo["cb_records"]
+        cb_beats, prm_beats, act_beats = geo["cb_beats"], geo["prm_beats"], geo["act_beats"]
+        grp_bits, total_groups, w_beats = geo["grp_bits"], geo["total_groups"], geo["w_beats"]
         is_int = hdr.mode == Mode.INT
-        is_ssvq = hdr.mode == Mode.SSVQ
-        cw_bits = Signal(range(cfg.d_max * CW_BITS + 1))
-        grp_bits = Signal(range(cfg.max_group_bits + 1))
-        cb_records = Signal(range(cfg.m_max * cfg.kmax + 1))
-        cb_beats, prm_beats, act_beats = (Signal(32, name=n) for n in ("cb_beats", "prm_beats",
-                                                                       "act_beats"))
-        total_groups = Signal(32)
-        wbits = Signal(48)
-        w_beats = Signal(48)
-        m.d.comb += w_beats.eq(ceil_shift(wbits, lb))
-        groups = self.groups
         dcnt = Signal(range(self.DECODE_CYCLES))
 
-        # ---- input side
+        # ---- input side. Counters count down; "one" flags say a counter is at 1 (the
+        # next accepted beat is the section's last) so no wide compare is on a path.
         in_phase = Signal(InPhase)
-        in_left = Signal(48, init=hb)
+        in_left = Signal(32, init=hb)
+        in_one = Signal(init=hb == 1)
+        in_first = Signal(init=1)                 # no header beat accepted yet
         phase = Signal(Phase)
         decode_done = Signal()
         m.d.comb += decode_done.eq((phase == Phase.DECODE) & (dcnt == self.DECODE_CYCLES - 1)
@@ -117,40 +118,45 @@ class SectionLoader(wiring.Component):
         m.d.comb += [self.in_phase.eq(in_phase),
                      gb.i_allow.eq((in_phase != InPhase.WAIT) & (in_phase != InPhase.DONE)
                                    & ~self.halt),
-                     self.last_beat.eq((in_phase == InPhase.WEIGHTS) & (in_left == 1)),
-                     self.decoding.eq(phase == Phase.DECODE),
-                     self.started.eq(self.accept & (in_phase == InPhase.HEADER)
-                                     & (in_left == hb))]
+                     self.last_beat.eq((in_phase == InPhase.WEIGHTS) & in_one),
+                     # the cause check (hw.top) reads the header once it is latched
+                     self.decoding.eq((phase == Phase.DECODE) & (dcnt >= Gearbox.LATENCY)),
+                     self.started.eq(self.accept & (in_phase == InPhase.HEADER) & in_first)]
         accept = self.accept
+
+        def in_load(n):
+            return [in_left.eq(n), in_one.eq(n == 1)]
+
         with m.If(accept):
-            m.d.sync += in_left.eq(in_left - 1)
+            m.d.sync += [in_left.eq(in_left - 1), in_one.eq(in_left == 2), in_first.eq(0)]
         with m.Switch(in_phase):
             with m.Case(InPhase.HEADER):
-                with m.If(accept & (in_left == 1)):
+                with m.If(accept & in_one):
                     m.d.sync += in_phase.eq(InPhase.WAIT)
             with m.Case(InPhase.WAIT):
                 with m.If(decode_done):
                     with m.If(is_int):
-                        m.d.sync += [in_phase.eq(InPhase.PARAMS), in_left.eq(prm_beats)]
+                        m.d.sync += [in_phase.eq(InPhase.PARAMS), *in_load(prm_beats)]
                     with m.Else():
-                        m.d.sync += [in_phase.eq(InPhase.CODEBOOK), in_left.eq(cb_beats)]
+                        m.d.sync += [in_phase.eq(InPhase.CODEBOOK), *in_load(cb_beats)]
             for cur, nxt, n in ((InPhase.CODEBOOK, InPhase.PARAMS, prm_beats),
                                 (InPhase.PARAMS, InPhase.ACTS, act_beats),
                                 (InPhase.ACTS, InPhase.WEIGHTS, w_beats)):
                 with m.Case(cur):
-                    with m.If(accept & (in_left == 1)):
-                        m.d.sync += [in_phase.eq(nxt), in_left.eq(n)]
+                    with m.If(accept & in_one):
+                        m.d.sync += [in_phase.eq(nxt), *in_load(n)]
             with m.Case(InPhase.WEIGHTS):
-                with m.If(accept & (in_left == 1)):
+                with m.If(accept & in_one):
                     m.d.sync += in_phase.eq(InPhase.DONE)
             with m.Case(InPhase.DONE):
                 with m.If(self.layer_done):
-                    m.d.sync += [in_phase.eq(InPhase.HEADER), in_left.eq(hb)]
+                    m.d.sync += [in_phase.eq(InPhase.HEADER), *in_load(hb), in_first.eq(1)]
 
         # ---- consumer: which record it wants, and taking it
         width = Signal(range(cfg.max_record_bits + 1))
         want = Signal()
         left = Signal(32)
+        left_one = Signal()
         idx = Signal(32)
         bitpos = Signal(lb)
         with m.Switch(phase):
@@ -163,54 +169,36 @@ class SectionLoader(wiring.Component):
             with m.Case(Phase.ACTS):
                 m.d.comb += [width.eq(cfg.mults * ACT_BITS), want.eq(1)]
             with m.Case(Phase.WEIGHTS):
-                m.d.comb += [width.eq(grp_bits), want.eq(self.en)]
+                m.d.comb += [width.eq(grp_bits), want.eq(en)]
         take = Signal()
         last = Signal()
         nxt = Signal(lb)
         pad = Signal(lb)
         m.d.comb += [take.eq(want & (gb.level >= width)),
-                     last.eq((phase == Phase.IDLE) | (left == 1)),
+                     last.eq((phase == Phase.IDLE) | left_one),
                      nxt.eq(bitpos + width), pad.eq(-nxt),
                      gb.consume.eq(Mux(take, width + Mux(last, pad, 0), 0))]
         with m.If(take):
-            m.d.sync += [left.eq(left - 1), idx.eq(idx + 1), bitpos.eq(Mux(last, 0, nxt))]
+            m.d.sync += [left.eq(left - 1), left_one.eq(left == 2), idx.eq(idx + 1),
+                         bitpos.eq(Mux(last, 0, nxt))]
 
         def start_section(ph, n):
-            return [phase.eq(ph), left.eq(n), idx.eq(0)]
+            return [phase.eq(ph), left.eq(n), left_one.eq(n == 1), idx.eq(0)]
 
-        code_bits = hdr.code_bits
         with m.Switch(phase):
             with m.Case(Phase.IDLE):
                 with m.If(take):
-                    m.d.sync += [hdr.eq(gb.head[:HEADER_BITS]), phase.eq(Phase.DECODE),
-                                 dcnt.eq(0)]
+                    m.d.sync += [phase.eq(Phase.DECODE), dcnt.eq(0)]
             with m.Case(Phase.DECODE):
                 with m.If(~self.halt):     # a bad header (the top's check) stops here
                     m.d.sync += dcnt.eq(dcnt + 1)
-                    with m.Switch(dcnt):
-                        with m.Case(0):
-                            e = code_bits + hdr.log2_d + log2(CW_BITS) + (hdr.m == 2)
-                            slots = ((hdr.code_bits + hdr.coef_bits)
-                                     << (lm - hdr.log2_d + hdr.m - 1).as_unsigned()[:6])
-                            m.d.sync += [
-                                groups.eq(ceil_shift(hdr.cols, lm)),
-                                cw_bits.eq(CW_BITS << hdr.log2_d),
-                                cb_records.eq(Mux(is_int, 0, hdr.m << code_bits)),
-                                cb_beats.eq(Mux(e >= lb, Const(1, 1) << (e - lb).as_unsigned()[:6], 1)),
-                                prm_beats.eq(ceil_shift(hdr.rows << log2(PARAM_BITS), lb)),
-                                grp_bits.eq(Mux(is_int, hdr.bits << lm,
-                                                slots + Mux(is_ssvq, cfg.mults, 0))),
-                            ]
-                        with m.Case(1):
-                            m.d.sync += [total_groups.eq(hdr.rows * groups),
-                                         act_beats.eq(ceil_shift(groups << (lm + log2(ACT_BITS)),
-                                                                 lb))]
-                        with m.Default():
-                            m.d.sync += wbits.eq(total_groups * grp_bits)
-                            with m.If(is_int):
-                                m.d.sync += start_section(Phase.PARAMS, hdr.rows)
-                            with m.Else():
-                                m.d.sync += start_section(Phase.CODEBOOK, cb_records)
+                    with m.If(dcnt == Gearbox.LATENCY - 1):   # the header is on `head`
+                        m.d.sync += hdr.eq(gb.head[:HEADER_BITS])
+                    with m.If(dcnt == self.DECODE_CYCLES - 1):
+                        with m.If(is_int):
+                            m.d.sync += start_section(Phase.PARAMS, hdr.rows)
+                        with m.Else():
+                            m.d.sync += start_section(Phase.CODEBOOK, cb_records)
             with m.Case(Phase.CODEBOOK):
                 with m.If(take & last):
                     m.d.sync += start_section(Phase.PARAMS, hdr.rows)
@@ -227,26 +215,96 @@ class SectionLoader(wiring.Component):
                 with m.If(self.layer_done):
                     m.d.sync += phase.eq(Phase.IDLE)
 
-        # ---- memory writes
-        kmask = ((Const(1, 1) << code_bits) - 1).as_unsigned()[:len(self.cb_w_addr)]
-        for i in range(cfg.m_max):
-            m.d.comb += self.cb_w_en[i].eq(take & (phase == Phase.CODEBOOK)
-                                           & ((idx >> code_bits) == i))
-        m.d.comb += [self.cb_w_addr.eq(idx & kmask),
-                     self.prm_w_en.eq(take & (phase == Phase.PARAMS)), self.prm_w_addr.eq(idx),
-                     self.act_w_en.eq(take & (phase == Phase.ACTS)), self.act_w_addr.eq(idx)]
-
-        # ---- weight groups: one per cycle into the pipeline's first register
+        # ---- what each take was, carried beside the record to `head` (clocked by en,
+        # like the gearbox's read stages; loads happen while no output waits, en high)
         q = Signal(range(max(self.gmax, 2)))
         r = Signal(16)
-        take_w = take & (phase == Phase.WEIGHTS)
-        q_last = q == groups - 1
-        with m.If(take_w):
+        q_last = Signal()
+        m.d.comb += q_last.eq(q == groups - 1)
+        tag = {"cb": take & (phase == Phase.CODEBOOK), "prm": take & (phase == Phase.PARAMS),
+               "act": take & (phase == Phase.ACTS), "w": take & (phase == Phase.WEIGHTS),
+               "idx": idx, "first": q == 0, "last": q_last, "row": r, "q": q,
+               "lastrow": r == hdr.rows - 1}
+        for s in range(Gearbox.LATENCY):
+            nxt_tag = {k: Signal(len(Value.cast(v)), name=f"rec{s}_{k}") for k, v in tag.items()}
+            with m.If(en):
+                m.d.sync += [nxt_tag[k].eq(v) for k, v in tag.items()]
+            tag = nxt_tag
+        with m.If(take & (phase == Phase.WEIGHTS)):
             m.d.sync += [q.eq(Mux(q_last, 0, q + 1)), r.eq(r + q_last)]
         with m.If((phase == Phase.ACTS) & take & last):
             m.d.sync += [q.eq(0), r.eq(0)]
-        with m.If(self.en):
-            m.d.sync += [self.g_valid.eq(take_w), self.grp.eq(gb.head[:len(self.grp)]),
-                         self.g_first.eq(q == 0), self.g_last.eq(q_last), self.g_row.eq(r),
-                         self.g_q.eq(q), self.g_lastrow.eq(r == hdr.rows - 1)]
+
+        # ---- memory writes, from the record on `head`
+        code_bits = hdr.code_bits
+        kmask = ((Const(1, 1) << code_bits) - 1).as_unsigned()[:len(self.cb_w_addr)]
+        for i in range(cfg.m_max):
+            m.d.comb += self.cb_w_en[i].eq(tag["cb"] & ((tag["idx"] >> code_bits) == i))
+        m.d.comb += [self.cb_w_addr.eq(tag["idx"] & kmask),
+                     self.prm_w_en.eq(tag["prm"]), self.prm_w_addr.eq(tag["idx"]),
+                     self.act_w_en.eq(tag["act"]), self.act_w_addr.eq(tag["idx"])]
+
+        # ---- weight groups: one per cycle into the pipeline's first register
+        with m.If(en):
+            m.d.sync += [self.g_valid.eq(tag["w"]), self.grp.eq(gb.head[:len(self.grp)]),
+                         self.g_first.eq(tag["first"]), self.g_last.eq(tag["last"]),
+                         self.g_row.eq(tag["row"]), self.g_q.eq(tag["q"]),
+                         self.g_lastrow.eq(tag["lastrow"])]
         return m
+
+    def _geometry(self, m, hdr) -> dict:
+        """The layer's numbers from its header, one register stage per step (always
+        clocked: the header holds still during DECODE). Step k's values are valid k
+        cycles after the header is latched; all are by GEOMETRY_STAGES."""
+        cfg = self.cfg
+        lb, lm = log2(cfg.bus), log2(cfg.mults)
+        is_int = hdr.mode == Mode.INT
+        is_ssvq = hdr.mode == Mode.SSVQ
+
+        def reg(value, name, width):
+            r = Signal(width, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        # 1: sums and simple shifts
+        groups = self.groups
+        m.d.sync += groups.eq(ceil_shift(hdr.cols, lm))
+        cw_bits = reg(CW_BITS << hdr.log2_d, "cw_bits", range(cfg.d_max * CW_BITS + 1))
+        cb_records = reg(Mux(is_int, 0, hdr.m << hdr.code_bits), "cb_records",
+                         range(cfg.m_max * cfg.kmax + 1))
+        e = reg(hdr.code_bits + hdr.log2_d + log2(CW_BITS) + (hdr.m == 2), "cb_e", 8)
+        prm_beats = reg(ceil_shift(hdr.rows << log2(PARAM_BITS), lb), "prm_beats", 32)
+        fwidth = reg(hdr.code_bits + hdr.coef_bits, "fwidth", 8)
+        fshift = reg((lm - hdr.log2_d + hdr.m - 1).as_unsigned()[:6], "fshift", 6)
+        int_bits = reg(hdr.bits << lm, "int_grp_bits", range(cfg.max_group_bits + 1))
+        # 2: codebook beats, slot bits, acts beats
+        cb_beats = reg(Mux(e >= lb, Const(1, 1) << (e - lb).as_unsigned()[:6], 1), "cb_beats", 32)
+        slots = reg(fwidth << fshift, "slot_bits", range(cfg.max_group_bits + 1))
+        act_beats = reg(ceil_shift(groups << (lm + log2(ACT_BITS)), lb), "act_beats", 32)
+        # 3: group bits
+        grp_bits = reg(Mux(is_int, int_bits, slots + Mux(is_ssvq, cfg.mults, 0)), "grp_bits",
+                       range(cfg.max_group_bits + 1))
+        # 2..3: rows x G; 4..5: G x group bits; 6..7: rows x (G x group bits)
+        total_groups = _mult(m, hdr.rows, groups, "total_groups", 32)
+        row_bits = _mult(m, groups, grp_bits, "row_bits", 32)
+        wbits = _mult(m, hdr.rows, row_bits, "wbits", 48)
+        # 8: weight beats
+        w_beats = reg(ceil_shift(wbits, lb), "w_beats", 32)
+        return {"cw_bits": cw_bits, "cb_records": cb_records, "cb_beats": cb_beats,
+                "prm_beats": prm_beats, "act_beats": act_beats, "grp_bits": grp_bits,
+                "total_groups": total_groups, "w_beats": w_beats}
+
+
+def _mult(m, a, b, name, width):
+    """a * b (unsigned), valid two cycles after a and b: a registered hard multiplier
+    when both fit one (17 bits), else the same two registers around a fabric one."""
+    from hw.prims import RegisteredMult
+    out = Signal(width, name=name)
+    if len(a) <= 17 and len(b) <= 17:
+        mul = RegisteredMult(len(a) + 1, len(b) + 1)
+        m.submodules[f"{name}_mult"] = mul
+        m.d.comb += [mul.en.eq(1), mul.a.eq(a), mul.b.eq(b), out.eq(mul.p)]
+    else:
+        ar, br = Signal.like(a, name=f"{name}_a"), Signal.like(b, name=f"{name}_b")
+        m.d.sync += [ar.eq(a), br.eq(b), out.eq(ar * br)]
+    return out

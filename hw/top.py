@@ -72,7 +72,8 @@ class AcceleratorTop(wiring.Component):
         m.d.comb += [i_s.valid.eq(self.s_axis_tvalid & ~err), i_s.payload.eq(self.s_axis_tdata),
                      self.s_axis_tready.eq(i_s.ready | err),
                      fire.eq(self.s_axis_tvalid & i_s.ready & ~err),
-                     core.halt.eq(err | (core.hdr_cause != 0))]
+                     # registered: the loader's DECODE outlasts the cause check by far
+                     core.halt.eq(err)]
         with m.If(~err):
             with m.If(core.hdr_cause != 0):
                 m.d.sync += [err.eq(1), cause.eq(core.hdr_cause)]

@@ -10,8 +10,8 @@ import pytest
 from ssvq.config import AccelConfig, LayerConfig
 from sim.golden import timing as golden_timing
 
-DECODE_CYCLES = 3
-PIPELINE_DEPTH = 24
+DECODE_CYCLES = 11
+PIPELINE_DEPTH = 26
 LOAD_SECTIONS = ("codebook", "params", "acts", "weights")
 
 
