@@ -286,7 +286,8 @@ class SectionLoader(wiring.Component):
                        range(cfg.max_group_bits + 1))
         # 2..3: rows x G; 4..5: G x group bits; 6..7: rows x (G x group bits)
         total_groups = _mult(m, hdr.rows, groups, "total_groups", 32)
-        row_bits = _mult(m, groups, grp_bits, "row_bits", 32)
+        row_bits = _mult(m, groups, grp_bits, "row_bits",
+                         range(self.gmax * cfg.max_group_bits + 1))
         wbits = _mult(m, hdr.rows, row_bits, "wbits", 48)
         # 8: weight beats
         w_beats = reg(ceil_shift(wbits, lb), "w_beats", 32)

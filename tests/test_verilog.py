@@ -32,6 +32,16 @@ BUILDS = {
 #           max(128, 64, 256, 16 x 8, 80)
 BY_HAND = {"default": (8, 14, 256, 256), "small": (8, 14, 136, 136),
            "codebook-only": (4, 9, 80, 256)}
+# DP16KD blocks (TN1264: a block is 1K x 18, 2K x 9 or 4K x 4; each of its two ports
+# serves one read port) = per memory: ceil(read ports / 2) x ceil(width / port width):
+#  default: codebooks 2 x (256 x 64 bits, 8 ports): 2 x 4 x 4 = 32; params 4096 x 64: 16
+#           columns of 4K x 4; acts 128 x 256 bits: 15 columns of 1K x 18  -> 63
+#  small: codebooks 2 x (16 x 32, 8 ports): 2 x 4 x 2 = 16; params 64 x 64: 4; acts 8 x 64: 4
+#  codebook-only: codebook 1 x (4096 x 128, 4 ports): 2 x 32 = 64; params 4; acts 2 x 256: 15
+DP16KD_BY_HAND = {"default": 63, "small": 24, "codebook-only": 83}
+# MULT18X18D: one per MAC multiplier, three limbs of the requantizer's (acc + bias) x mult,
+# three in the loader's geometry (rows x G, G x group bits, rows x row bits)
+MULT_BY_HAND = {"default": 32 + 3 + 3, "small": 8 + 3 + 3, "codebook-only": 32 + 3 + 3}
 
 
 def _expected_params(cfg: AccelConfig) -> dict:
@@ -66,7 +76,10 @@ def test_verilog_lints_clean_and_has_no_inline_memory_init(built, name):
     assert v == d / "ssvq_accel.v"
     text = v.read_text()
     assert len(re.findall(r"^module ssvq_accel\(", text, re.M)) == 1
-    assert re.search(r"^\s*reg .*\[\d+:0\];$", text, re.M)            # memories are there
+    # ecp5 target: every memory is DP16KD blocks, every hard multiplier a MULT18X18D
+    assert len(re.findall(r"^\s*DP16KD\s", text, re.M)) == DP16KD_BY_HAND[name]
+    assert len(re.findall(r"^\s*MULT18X18D\s", text, re.M)) == MULT_BY_HAND[name]
+    assert not re.search(r"^\s*reg .*\] \w+ ?\[\d+:\d+\];$", text, re.M)  # no inferred RAM
     assert not re.search(r"^\s*initial begin", text, re.M)            # but load at run time
     assert not re.search(r"^\s*\w+\[\d+\] = \d+'[hdbo]", text, re.M)   # no per-word init lines
     assert not list(d.glob(".*.tmp"))
@@ -84,7 +97,7 @@ def test_params_json(built, name):
     expect = _expected_params(cfg)
     assert tuple(expect[k] for k in ("lanes_max", "weight_bits", "max_group_bits",
                                      "max_record_bits")) == BY_HAND[name]
-    assert params == {"top": "ssvq_accel", "config": cfg.to_dict(),
+    assert params == {"top": "ssvq_accel", "target": "ecp5", "config": cfg.to_dict(),
                       "pipeline_depth": PIPELINE_DEPTH, **expect}
     assert AccelConfig.from_dict(params["config"]) == cfg
     assert type(PIPELINE_DEPTH) is int and PIPELINE_DEPTH > 0

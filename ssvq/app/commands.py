@@ -101,8 +101,7 @@ def synth_cmd(args) -> int:
         s = synthesize(cfg, args.out)
     except SynthError as e:
         raise UserError(str(e)) from None
-    r = s["resources"]
-    print(f"{TOP}: LUT4 {r['LUT4']}, FF {r['TRELLIS_FF']}, MULT18X18D {r['MULT18X18D']}, "
-          f"DP16KD {r['DP16KD']}, DPR16X4 {r['TRELLIS_DPR16X4']}; {s['device']['part']} "
-          f"{s['device']['package']}: Fmax {s['fmax_mhz']} MHz (target {s['target_mhz']})")
+    from hw.synth import table
+    print(table(s), end="")
+    print(f"wrote {Path(args.out) / 'synth.json'} and synth.md")
     return 0

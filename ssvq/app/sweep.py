@@ -48,7 +48,7 @@ MAX_POINTS = 512
 FIELDS = tuple(AccelConfig().to_dict())
 DEFAULT_QUALITY = "reports/measured/quality-minilm/summary.json"
 FALLBACK_LADDER = ("ssvq-k256-d8", "vq-k256-d4", "ssvq-k256-d4", "int4", "int8")
-DEFAULT_SYNTH = "hw.synth:synthesize"
+DEFAULT_SYNTH = "hw.synth:synthesize_point"
 # auto plan: configs within this fraction of the fewest cycles count as equally fast
 CYCLE_TOLERANCE = 0.01
 ROOT = Path(__file__).resolve().parents[2]
