@@ -96,6 +96,28 @@ def test_the_accumulation_dtype_is_exact_beyond_float32():
         assert list(y[2]) == _python_outputs(img, a[2])
 
 
+def test_rounding_halves_and_negative_floors():
+    """mult 1 with shift 1 and 2: accumulators land on exact halves and quarters,
+    positive and negative, where round-half-up on a floor shift is easy to get
+    wrong (floor(-2.5 + 0.5) = -2, not -3)."""
+    cols, rows = 16, 4
+    img = LayerImage("halves", LayerConfig.parse("int4"), rows, cols,
+                     bias=np.array([0, 1, -1, 0], np.int32),
+                     mult=np.array([1, 1, 1, 3], np.uint16),
+                     shift=np.array([1, 2, 1, 2], np.uint8), act=np.zeros(cols, np.int8),
+                     weights=np.tile(np.array([1, -1, 2, -3, 1, 0, -2, 1], np.int8), (rows, 2)))
+    img.scales = {"act_scale": 1.0, "out_scale": 1.0}
+    a = np.random.default_rng(5).integers(-12, 13, (400, cols)).astype(np.int8)
+    y = IntegerLinear(img).integer(torch.from_numpy(a)).numpy()
+    ref = outputs(img, a)
+    assert (y == ref).all()
+    acc = a.astype(np.int64) @ img.weights.astype(np.int64).T
+    assert ((acc[:, 0] % 2 == 1) & (acc[:, 0] < 0)).any()        # negative halves occur
+    assert (np.abs(ref) < 127).all()                              # none of it saturated
+    for t in range(0, 400, 37):
+        assert list(y[t]) == _python_outputs(img, a[t])
+
+
 def test_a_model_runs_every_replaced_layer_on_the_integer_path():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),

@@ -62,8 +62,10 @@ def speedups(imgs) -> dict:
 
 def integer_forward(float_model: torch.nn.Module, imgs) -> torch.nn.Module:
     """float_model (a QuantizedModel's to_float(), consumed) with every image's
-    layer on the integer path."""
-    return integer_model(float_model, imgs, inplace=True)
+    layer on the integer path, in eval mode: to_float() copies the wrapper's
+    mode, and QuantizedModel.capture leaves a fresh wrapper in train mode
+    (dropout on)."""
+    return integer_model(float_model, imgs, inplace=True).eval()
 
 
 def mean_cosine(out: torch.Tensor, ref: torch.Tensor) -> float:
