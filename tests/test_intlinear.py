@@ -170,3 +170,35 @@ def test_a_missing_or_misshapen_module_is_refused():
     m.add_module("fc", nn.Linear(71, 24))
     with pytest.raises(ValueError, match="71 -> 24"):
         integer_model(m, [img])
+
+
+@pytest.mark.slow
+def test_minilm_on_the_integer_path_equals_the_reference_chain():
+    """All 36 encoder layers of MiniLM on the integer path give the same sentence
+    embeddings, bit for bit, as the model with every layer computed by
+    compress.quantize.float_outputs (numpy, ssvq.reference.outputs) instead."""
+    from compress.train import SSVQ, QuantizedModel, Uniform
+    from ssvq.app.quality.corpus import build_corpus
+    from ssvq.app.quality.minilm_task import MiniLMTask
+
+    class Reference(nn.Module):
+        def __init__(self, img):
+            super().__init__()
+            self.img, self.in_features, self.out_features = img, img.cols, img.rows
+
+        def forward(self, x):
+            y = float_outputs(self.img, x.reshape(-1, x.shape[-1]).numpy())
+            return torch.from_numpy(y.astype(np.float32)).reshape(*x.shape[:-1], -1)
+
+    corpus = build_corpus()
+    task = MiniLMTask(loss="embedding")
+    sentences = corpus["test_general"][:8]
+    for spec in (Uniform(8), SSVQ(k=256, d=8)):
+        qm = QuantizedModel(task.bert, spec)
+        imgs = qm.export(qm.capture(lambda m: task.embed(m, corpus["train"][:64])))
+        got = task.embed(integer_model(qm.to_float(), imgs).eval(), sentences)
+        ref = qm.to_float().eval()
+        for im in imgs:
+            parent, _, leaf = im.name.rpartition(".")
+            setattr(ref.get_submodule(parent), leaf, Reference(im))
+        assert (got == task.embed(ref, sentences)).all()
