@@ -400,7 +400,7 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
         cols.insert(4, "cycles")
     plot_speedup(rows, "int_mean_cosine", out / "fidelity_vs_speedup.png",
                  "digits MLP: logit cosine on the integer path vs speedup over int8",
-                 "mean cosine of the logits to fp32, integer forward")
+                 "logit cosine to fp32, integer path")
     fast = pareto_front(rows, "int_mean_cosine", x="speedup_int8", more_x_better=True)
     lines = ["# digits: training methods at equal wall-clock budget", "",
              f"Every trained row: {row_seconds:g} s of compress.train.fit (Adam, cosine "

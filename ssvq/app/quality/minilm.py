@@ -284,7 +284,7 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
                 ylim=(max(0.0, min(r["mean_cosine"] for r in rows) - 0.02), 1.005))
     plot_speedup(rows, "int_mean_cosine", out / "fidelity_vs_speedup.png",
                  "MiniLM: held-out embedding cosine on the integer path vs speedup over int8",
-                 "mean cosine, integer forward (int8 activations, integer requantization)")
+                 "mean cosine to the original, integer path")
     if logs:
         plot_freezing(logs, out / "sign_freezing.png", "MiniLM: SSVQ sign freezing")
     if trajectories:
@@ -423,8 +423,9 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
     if new:
         lines += ["## Training methods (compress.cosvq, dkm, diffq, lr2vq, qsd)", "",
                   "Each method's rows: its initialisation (post-training, untrained row) "
-                  "and the model trained from it; --budget-minutes split equally among the "
-                  "methods named in --methods (equal training time); learning-rate groups "
+                  "and the model trained from it; --budget-minutes split among the rows "
+                  "trained, equally among these methods (equal training time); "
+                  "learning-rate groups "
                   "in summary.json (`lr`). Bits/weight after training (diffq's widths are "
                   "learned, one int width per layer).", "",
                   "| method | config | bits/weight | mean cos | min cos | Pearson | steps | "
