@@ -99,13 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quality", help="accuracy-per-bit evaluation of the compressors")
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
     q.add_argument("--budget-minutes", type=float, default=25.0,
-                   help="MiniLM: training minutes of each ~2-bit model (SSVQ K=256 D=8, VQ "
-                   "K=256 D=4); the ~3-bit group (SSVQ D=4, int4, int3) gets a fifth each, "
-                   "so the default run trains 65 min in all. digits: below 5, fewer steps")
+                   help="MiniLM: the run's total training minutes, split among the "
+                   "trained rows by share (SSVQ K=256 D=8 and VQ K=256 D=4 1 each, the "
+                   "~3-bit group SSVQ D=4, int4, int3 0.2 each, any other --methods name 1): "
+                   "default 25; without --methods, 65 gives 25/25/5/5/5 min as in the "
+                   "measured run. digits: below 5, fewer steps")
     q.add_argument("--methods", nargs="*", metavar="METHOD",
-                   help="MiniLM: train only these (each for the full budget unless it is one "
-                   "of the ~3-bit group): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
-                   "ssvq-k256-d8-reassign, int8, int4, int3. digits: run only these "
+                   help="MiniLM: train only these (sharing --budget-minutes by their "
+                   "shares): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
+                   "ssvq-k256-d8-reassign, int8, int4, int3, cosvq, dkm, diffq, lr2vq, qsd. "
+                   "digits: run only these "
                    "training methods (comma or space separated; ssvq.app.quality.methods: "
                    "cosvq, dkm, diffq, lr2vq, qsd, vq, ssvq, int4, nas), each configuration "
                    "trained for --row-seconds")

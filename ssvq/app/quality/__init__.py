@@ -11,8 +11,14 @@ codebook; fp32 as 32. Accuracy / fidelity is measured with the exported
 comparison; on digits the whole int8-activation chain through
 ssvq.reference.outputs (the accelerator's arithmetic) is reported beside it.
 
+Every row with images also carries the accelerator's columns (hwcols): the
+metric with every compressed layer on the accelerator's integer path
+(compress.intlinear) and the whole-model speedup over int8 and int4 from the
+cost model.
+
 Modules, one job each: command (the CLI handler), digits and minilm (the two
 experiments and their reports), minilm_task and corpus (the MiniLM task and its
 offline sentences), baselines (faiss, diffq-fixed), checks (stream and RTL
-bit-exactness), pareto (the report's decisions), plots, tables, runtime.
+bit-exactness), hwcols (integer-path fidelity and speedups), pareto (the
+report's decisions), plots, tables, runtime.
 """

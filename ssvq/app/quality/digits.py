@@ -15,8 +15,9 @@ from compress.run import write_model_images
 from compress.train import SSVQ, VQ, QuantizedModel, Uniform, fit
 from ssvq.app.quality.baselines import diffq_package_rows, faiss_anchor
 from ssvq.app.quality.checks import check_images, check_rtl
+from ssvq.app.quality.hwcols import integer_forward, mean_cosine, no_images, speedups
 from ssvq.app.quality.pareto import pareto_front, verdict
-from ssvq.app.quality.plots import freezing_summary, plot_freezing, plot_pareto
+from ssvq.app.quality.plots import freezing_summary, plot_freezing, plot_pareto, plot_speedup
 from ssvq.app.quality.runtime import say, set_threads
 from ssvq.app.quality.tables import fmt, table
 from ssvq.config import LayerConfig
@@ -44,6 +45,19 @@ def digits_int_accuracy(imgs, xte, yte) -> float:
         y = float_outputs(img, h)
         h = np.maximum(y, 0) if i < len(imgs) - 1 else y
     return float((h.argmax(1) == yte).mean())
+
+
+def digits_fidelity(float_model: nn.Module, imgs, x: np.ndarray, ref: torch.Tensor) -> dict:
+    """mean_cosine: the logits of float_model (the exported weights, float
+    activations) against the fp32 model's logits `ref` on the images x, mean
+    over images; int_mean_cosine: the same with every layer on the accelerator's
+    integer path (float_model is consumed); the speedups of the images."""
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        fl = float_model(xt)
+        it = integer_forward(float_model, imgs)(xt)
+    return {"mean_cosine": mean_cosine(fl, ref), "int_mean_cosine": mean_cosine(it, ref),
+            **speedups(imgs)}
 
 
 SPREAD_SEEDS = (1, 2)
@@ -313,8 +327,11 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
     threads = set_threads()
     say(f"digits --methods {','.join(methods)}: {row_seconds:g} s of training per trained "
         f"row, {threads} thread(s)")
+    with torch.no_grad():
+        ref = base(torch.from_numpy(xte))
     rows = [{"method": "fp32", "config": "", "bits_per_weight": 32.0, "trained": False,
-             "accuracy": accuracy(base, xte, yte), "seconds": 0.0}]
+             "accuracy": accuracy(base, xte, yte), "mean_cosine": 1.0, **no_images(),
+             "seconds": 0.0}]
 
     def batches(i, bs=64):
         g = torch.Generator().manual_seed(seed * 1000003 + i)
@@ -322,9 +339,11 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
         return X[idx], Y[idx]
 
     def measure(qm, row):
-        row["accuracy"] = accuracy(qm.to_float(), xte, yte)
+        fm = qm.to_float()
+        row["accuracy"] = accuracy(fm, xte, yte)
         calib = qm.capture(lambda m: m(X))
         imgs = qm.export(calib)
+        row.update(digits_fidelity(fm, imgs, xte, ref))
         row.update(bits_per_weight=qm.bits()["bits_per_weight"],
                    accuracy_int8_act=digits_int_accuracy(imgs, xte, yte),
                    images_round_trip=check_images(imgs, calib),
@@ -375,17 +394,35 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
         {"model": "digits", "methods": methods, "row_seconds": row_seconds, "threads": threads,
          "rows": rows}, indent=1, default=float))
     cols = ["method", "config", "trained", "bits_per_weight", "accuracy", "accuracy_int8_act",
-            "steps", "images_round_trip", "seconds"]
+            "mean_cosine", "int_mean_cosine", "speedup_int8", "speedup_int4", "steps",
+            "images_round_trip", "seconds"]
     if any(r["method"] == "nas" for r in rows):
         cols.insert(4, "cycles")
+    plot_speedup(rows, "int_mean_cosine", out / "fidelity_vs_speedup.png",
+                 "digits MLP: logit cosine on the integer path vs speedup over int8",
+                 "logit cosine to fp32, integer path")
+    fast = pareto_front(rows, "int_mean_cosine", x="speedup_int8", more_x_better=True)
     lines = ["# digits: training methods at equal wall-clock budget", "",
              f"Every trained row: {row_seconds:g} s of compress.train.fit (Adam, cosine "
              f"learning rate, batches of 64) from its post-training initialisation (the "
              f"untrained row above it), on {threads} thread(s); `steps` is what that budget "
              f"allowed. Accuracy on the exported images' dequantized weights (float "
              f"activations) and through ssvq.reference with int8 activations; "
-             f"bits/weight as the images stream them. Total {time.perf_counter() - t_all:.0f} s.",
-             "", table(rows, cols), ""]
+             f"bits/weight as the images stream them. `mean_cosine`: cosine of the logits "
+             f"to the fp32 model's, mean over the test images, exported weights with float "
+             f"activations; `int_mean_cosine`: the same with every layer on the "
+             f"accelerator's integer path (compress.intlinear: int8 activations, integer "
+             f"MAC and requantization); `speedup_int8` / `speedup_int4`: whole-model cycles "
+             f"of the same layers as int8 (int4) images over the row's, on the default "
+             f"build (sim.cost; the nas section's cycles are on its search build). Total "
+             f"{time.perf_counter() - t_all:.0f} s.",
+             "", table(rows, cols), "",
+             "Pareto front of integer-path fidelity against speedup over int8: "
+             + ", ".join(f"{rows[i]['method']} {rows[i]['config']} "
+                         f"({'trained' if rows[i]['trained'] else 'PTQ'}, "
+                         f"x{rows[i]['speedup_int8']:.2f}, {rows[i]['int_mean_cosine']:.4f})"
+                         for i in fast), "",
+             "![fidelity vs speedup](fidelity_vs_speedup.png)", ""]
     searched = [r for r in rows if r["method"] == "nas"]
     if searched:
         lines += _nas_section(searched, rows, row_seconds)
@@ -426,7 +463,8 @@ def _rank_estimate(lm, spec) -> tuple[float, float]:
 def _say_row(row):
     say(f"  {row['method']:6s} {row.get('config', ''):12s} trained={str(row['trained']):5s} "
         f"bits/weight {row['bits_per_weight']:6.3f}  accuracy {row['accuracy']:.4f}  "
-        f"int8-act {row['accuracy_int8_act']:.4f}"
+        f"int8-act {row['accuracy_int8_act']:.4f}  cos {row['mean_cosine']:.4f} int "
+        f"{row['int_mean_cosine']:.4f}  x{row['speedup_int8']:.2f} int8"
         + (f"  steps {row['steps']}" if "steps" in row else "") + f"  ({row['seconds']:.1f}s)")
 
 

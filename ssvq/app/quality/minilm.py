@@ -20,11 +20,14 @@ from compress.train import SSVQ, VQ, QuantizedModel, Uniform, fit
 from ssvq.app.quality.baselines import faiss_anchor
 from ssvq.app.quality.checks import check_images, check_rtl
 from ssvq.app.quality.corpus import build_corpus
+from ssvq.app.quality.hwcols import integer_forward, no_images, speedups
 from ssvq.app.quality.minilm_task import MiniLMTask
 from ssvq.app.quality.pareto import pareto_front, verdict
-from ssvq.app.quality.plots import freezing_summary, plot_freezing, plot_pareto
+from ssvq.app.quality.plots import (freezing_summary, plot_freezing, plot_pareto,
+                                    plot_speedup)
 from ssvq.app.quality.runtime import say, set_threads
 from ssvq.app.quality.tables import table
+from ssvq.config import AccelConfig
 from ssvq.errors import UserError
 
 
@@ -103,11 +106,19 @@ MINILM_TRAIN = [("ssvq-k256-d8", 1.0), ("vq-k256-d4", 1.0), ("ssvq-k256-d4", 0.2
 MINILM_PTQ = ["int8", "ssvq-k256-d8", "vq-k256-d4", "ssvq-k256-d4", "int4", "int3"]
 
 
+def budget_split(plan: list[tuple[str, float]], budget_minutes: float) -> dict[str, float]:
+    """--budget-minutes is the run's total training time: each trained row gets
+    the part of it its share is of all the shares (MINILM_TRAIN: the default run's
+    25/25/5/5/5 at 65 minutes; a row named in --methods without a share, 1)."""
+    total = sum(f for _, f in plan)
+    return {k: budget_minutes * f / total for k, f in plan}
+
+
 def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = None,
                seed: int = 0) -> dict:
-    """--methods: names of minilm_specs() (each its MINILM_TRAIN share of the
-    budget, else all of it) and of minilm_methods() (which split one budget
-    equally among those named: equal training time for the comparison)."""
+    """--methods: names of minilm_specs() and of minilm_methods(); the budget
+    is split among the trained rows by budget_split (MINILM_TRAIN's shares,
+    1 for a name without one: the training methods get equal time)."""
     t_all = time.perf_counter()
     specs = minilm_specs()
     extra = minilm_methods()
@@ -124,9 +135,8 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         if unknown:
             raise UserError(f"--methods: unknown method(s) {unknown}; expected some of "
                             f"{list(specs)}")
-        n_new = sum(m in extra for m in methods)
-        plan = [(m, 1.0 / n_new if m in extra else dict(MINILM_TRAIN).get(m, 1.0))
-                for m in methods]
+        plan = [(m, dict(MINILM_TRAIN).get(m, 1.0)) for m in methods]
+    split = budget_split(plan, budget_minutes)
     out.mkdir(parents=True, exist_ok=True)
     threads = set_threads()
     corpus = build_corpus()
@@ -139,9 +149,9 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     say(f"minilm: {len(task.lm.layers)} encoder Linear layers; corpus {len(corpus['train'])} "
          f"train sentences; held out: {len(tech)} sentences from held-out documents + "
          f"{len(corpus['test_general'])} everyday sentences; {threads} thread(s); "
-         f"training budget {budget_minutes:g} min x share: "
-         + ", ".join(f"{k} {f:g}" for k, f in plan)
-         + f" = {budget_minutes * sum(f for _, f in plan):.0f} min of training in all")
+         f"training budget {budget_minutes:g} min in all, split by share: "
+         + ", ".join(f"{k} {split[k]:.2f} min ({f:g})" for k, f in plan)
+         + f" (sum {sum(split.values()):.2f} min)")
     t0 = time.perf_counter()
     t_held = task.teacher(held)
     say(f"  teacher embeddings of the held-out set ({time.perf_counter() - t0:.1f}s)")
@@ -155,12 +165,24 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         m.update({f"general_{k}": v for k, v in g.items()})
         return m
 
+    def calib_run(m):
+        task.embed(m, corpus["train"][:64])
+
+    def hardware(qm, imgs) -> dict:
+        """The accelerator's columns (ssvq.app.quality.hwcols) of exported images."""
+        m = evaluate(integer_forward(qm.to_float(), imgs))
+        return {"int_mean_cosine": m["mean_cosine"], "int_min_cosine": m["min_cosine"],
+                "int_pearson": m["pearson"], **speedups(imgs)}
+
     def add(row, t0):
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
+        hw = "" if row.get("int_mean_cosine") is None else (
+            f"  int mean cos {row['int_mean_cosine']:.4f}  x{row['speedup_int8']:.2f} int8 "
+            f"x{row['speedup_int4']:.2f} int4")
         say(f"  {row['method']:6s} {row.get('config', ''):14s} trained={str(row['trained']):5s} "
              f"bits/weight {row['bits_per_weight']:6.3f}  mean cos {row['mean_cosine']:.4f}  "
-             f"min cos {row['min_cosine']:.4f}  pearson {row['pearson']:.4f}  "
+             f"min cos {row['min_cosine']:.4f}  pearson {row['pearson']:.4f}{hw}  "
              f"({row['seconds']:.0f}s)")
         # rows so far survive an interrupted run; summary.json is written once, at the end
         (out / "summary.partial.json").write_text(json.dumps({"model": "minilm", "rows": rows},
@@ -168,7 +190,7 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
 
     t0 = time.perf_counter()
     add(dict(method="fp32", config="", bits_per_weight=32.0, trained=False,
-             **evaluate(task.bert)), t0)
+             **evaluate(task.bert), **no_images()), t0)
     # faiss anchor
     for k, d in [(256, 4), (256, 8)]:
         t0 = time.perf_counter()
@@ -181,9 +203,8 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
                 mods[name].weight.copy_(torch.from_numpy(rec))
                 bits += b
         add(dict(method="faiss", config=f"K={k} D={d}", trained=False,
-                 bits_per_weight=bits / n_w, **evaluate(m)), t0)
+                 bits_per_weight=bits / n_w, **evaluate(m), **no_images()), t0)
     # post-training rows; the trained rows start from the same wrapped model
-    budget = dict(plan)
     for key in MINILM_PTQ + [k for k, _ in plan if k not in MINILM_PTQ]:
         method, spec = specs[key]
         t0 = time.perf_counter()
@@ -191,12 +212,14 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         bpw = qm.bits()["bits_per_weight"]
         config = labels.get(key, key)
         if key in MINILM_PTQ or key in extra:
-            add(dict(method=method, config=config, trained=False, bits_per_weight=bpw,
-                     **evaluate(qm.to_float())), t0)
-        if key not in budget:
+            row = dict(method=method, config=config, trained=False, bits_per_weight=bpw,
+                       **evaluate(qm.to_float()))
+            row.update(hardware(qm, qm.export(qm.capture(calib_run))))
+            add(row, t0)
+        if key not in split:
             continue
-        minutes = budget_minutes * budget[key]
-        say(f"training {key} for {minutes:g} min (progress every 100 steps: probe-set "
+        minutes = split[key]
+        say(f"training {key} for {minutes:.2f} min (progress every 100 steps: probe-set "
              f"metrics on {len(probe)} held-out sentences) ...")
         t0 = time.perf_counter()
         start = {"step": 0, "seconds": 0.0, "progress": 0.0, **{
@@ -215,9 +238,10 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         if key in extra:
             row["spec"] = spec.to_dict()
             row["lr"] = lrs[key]
-        calib = qm.capture(lambda m: task.embed(m, corpus["train"][:64]))
+        calib = qm.capture(calib_run)
         imgs = qm.export(calib)
         row["images_round_trip"] = check_images(imgs, calib)
+        row.update(hardware(qm, imgs))
         if method == "ssvq":
             logs[key] = res.log
             st = qm.sign_stats()
@@ -237,7 +261,7 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
             row.update(check_rtl(d, out / "rtl" / key, "verilator"))
         add(row, t0)
         del qm
-    _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
+    _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, threads,
                          time.perf_counter() - t_all, corpus, len(tech))
     return {"rows": rows}
 
@@ -247,16 +271,20 @@ def _best(rows, **kw):
     return max(c, key=lambda r: r["mean_cosine"]) if c else None
 
 
-def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads, seconds,
-                         corpus, n_tech):
+def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, threads,
+                         seconds, corpus, n_tech):
     (out / "summary.json").write_text(json.dumps(
-        {"model": "minilm", "budget_minutes": budget_minutes, "threads": threads,
-         "rows": rows, "trajectories": trajectories, "freezing": freezing_summary(logs)},
+        {"model": "minilm", "budget_minutes": budget_minutes, "budget_split_minutes": split,
+         "threads": threads, "speedup_build": AccelConfig().to_dict(), "rows": rows,
+         "trajectories": trajectories, "freezing": freezing_summary(logs)},
         indent=1, default=float))
     plot_pareto(rows, "mean_cosine", out / "fidelity_vs_bits.png",
                 "MiniLM (36 encoder Linear layers): held-out embedding cosine vs bits/weight",
                 "mean cosine to the original embeddings",
                 ylim=(max(0.0, min(r["mean_cosine"] for r in rows) - 0.02), 1.005))
+    plot_speedup(rows, "int_mean_cosine", out / "fidelity_vs_speedup.png",
+                 "MiniLM: held-out embedding cosine on the integer path vs speedup over int8",
+                 "mean cosine to the original, integer path")
     if logs:
         plot_freezing(logs, out / "sign_freezing.png", "MiniLM: SSVQ sign freezing")
     if trajectories:
@@ -275,7 +303,8 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
         fig.savefig(out / "training.png", dpi=120)
         plt.close(fig)
     cols = ["method", "config", "trained", "bits_per_weight", "mean_cosine", "min_cosine",
-            "pearson", "general_mean_cosine", "seconds"]
+            "pearson", "general_mean_cosine", "int_mean_cosine", "speedup_int8",
+            "speedup_int4", "rtl_bit_exact", "seconds"]
     lines = [
         "# Embedding fidelity per bit: MiniLM (all-MiniLM-L6-v2)",
         "",
@@ -284,14 +313,27 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
         f"original model (loss 1 - cosine between mean-pooled sentence embeddings; "
         f"compress.train.fit, Adam, cosine learning rate) on {len(corpus['train'])} English "
         f"sentences available offline ({corpus['sources']}), batches of 16 sentences of "
-        f"similar length; budget {budget_minutes:g} min x the share listed per model, on "
-        f"{threads} thread(s). Held out: {n_tech} sentences from documents never trained on "
+        f"similar length; --budget-minutes {budget_minutes:g} is the training time of the "
+        f"whole run, split by share: "
+        + ", ".join(f"{k} {v:.1f} min" for k, v in split.items())
+        + f", on {threads} thread(s). Held out: {n_tech} sentences from documents never trained on "
         f"plus the {len(corpus['test_general'])} everyday sentences of "
         f"compress/data/sentences.txt. Metrics: mean and minimum cosine between compressed "
         f"and original embeddings, Pearson correlation of the two pairwise-similarity "
         f"matrices (upper triangles); `general_mean_cosine` on the everyday sentences alone. "
         f"Bits/weight over the 36 layers with codebooks, codes, signs, 16-bit row scales and "
         f"padding. Total run {seconds / 60:.1f} min.",
+        "",
+        "Accelerator columns (every row with images; ssvq.app.quality.hwcols): "
+        "`int_mean_cosine` is `mean_cosine` with every compressed Linear computed by the "
+        "accelerator's integer arithmetic (compress.intlinear: int8 activations at the "
+        "image's calibrated scale, the integer MAC, the image's bias/mult/shift "
+        "requantization, int8 outputs times the output scale; calibration: the inputs of "
+        "64 training sentences). `speedup_int8` / `speedup_int4`: whole-model cycles of the "
+        "36 layers as int8 (int4) images over the row's cycles, each layer in its own "
+        "configuration, on the default build (sim.cost, the RTL's cycle counter). "
+        "`rtl_bit_exact`: the generated Verilog on Verilator, one layer per shape, against "
+        "the golden outputs, cycles and counters (trained SSVQ and training-method rows).",
         "",
     ]
     s8 = _best(rows, config="ssvq-k256-d8", trained=True)
@@ -363,6 +405,12 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
         f"{rows[i]['config'] or rows[i]['method']} "
         f"({'trained' if rows[i]['trained'] else 'reference' if rows[i]['method'] == 'fp32' else 'PTQ'}, "
         f"{rows[i]['bits_per_weight']:.2f} b)" for i in front), ""]
+    fast = pareto_front(rows, "int_mean_cosine", x="speedup_int8", more_x_better=True)
+    lines += ["Pareto front of integer-path fidelity against speedup over int8: " + ", ".join(
+        f"{rows[i]['config'] or rows[i]['method']} "
+        f"({'trained' if rows[i]['trained'] else 'PTQ'}, x{rows[i]['speedup_int8']:.2f}, "
+        f"{rows[i]['int_mean_cosine']:.4f})" for i in fast), "",
+        "![fidelity vs speedup](fidelity_vs_speedup.png)", ""]
     if trajectories:
         lines += ["## Training trajectories (probe set, every 100 steps)", "",
                   "![training](training.png)", ""]
@@ -375,8 +423,9 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, threads,
     if new:
         lines += ["## Training methods (compress.cosvq, dkm, diffq, lr2vq, qsd)", "",
                   "Each method's rows: its initialisation (post-training, untrained row) "
-                  "and the model trained from it; --budget-minutes split equally among the "
-                  "methods named in --methods (equal training time); learning-rate groups "
+                  "and the model trained from it; --budget-minutes split among the rows "
+                  "trained, equally among these methods (equal training time); "
+                  "learning-rate groups "
                   "in summary.json (`lr`). Bits/weight after training (diffq's widths are "
                   "learned, one int width per layer).", "",
                   "| method | config | bits/weight | mean cos | min cos | Pearson | steps | "

@@ -1,4 +1,5 @@
-"""Figures of a quality report: the Pareto plot and SSVQ sign freezing."""
+"""Figures of a quality report: the metric against bits and against speedup
+with their Pareto fronts, and SSVQ sign freezing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,20 +10,20 @@ from ssvq.app.quality.pareto import pareto_front
 
 
 MARKERS = {"fp32": "*", "int8": "s", "int4": "D", "int3": "d", "vq": "o", "ssvq": "^",
-           "faiss": "x", "diffq": "P"}
+           "faiss": "x", "diffq": "P", "cosvq": "v", "dkm": "<", "lr2vq": ">", "qsd": "h",
+           "nas": "p"}
 COLORS = {"fp32": "black", "int8": "tab:gray", "int4": "tab:brown", "int3": "tab:pink",
-          "vq": "tab:blue", "ssvq": "tab:red", "faiss": "tab:green", "diffq": "tab:purple"}
+          "vq": "tab:blue", "ssvq": "tab:red", "faiss": "tab:green", "diffq": "tab:purple",
+          "cosvq": "tab:olive", "dkm": "tab:cyan", "lr2vq": "tab:orange", "qsd": "darkblue",
+          "nas": "darkgreen"}
 
 
-def plot_pareto(rows: list[dict], metric: str, path: Path, title: str, ylabel: str,
-                ylim=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+def _scatter(ax, rows: list[dict], x: str, metric: str):
+    """One marker per row with both values: shape and colour by method, filled
+    when trained; one legend entry per (method, trained)."""
     seen = set()
     for r in rows:
-        if r.get(metric) is None:
+        if r.get(metric) is None or r.get(x) is None:
             continue
         m = r["method"]
         label = ("fp32 (reference)" if m == "fp32" else
@@ -32,9 +33,18 @@ def plot_pareto(rows: list[dict], metric: str, path: Path, title: str, ylabel: s
         style = ({"c": COLORS.get(m, "k")} if mk in ("x", "+") else
                  {"edgecolors": COLORS.get(m, "k"),
                   "c": COLORS.get(m, "k") if filled else "none"})
-        ax.scatter(r["bits_per_weight"], r[metric], marker=mk, s=60,
+        ax.scatter(r[x], r[metric], marker=mk, s=60,
                    label=None if label in seen else label, zorder=3, **style)
         seen.add(label)
+
+
+def plot_pareto(rows: list[dict], metric: str, path: Path, title: str, ylabel: str,
+                ylim=None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    _scatter(ax, rows, "bits_per_weight", metric)
     front = pareto_front(rows, metric)
     ax.step([rows[i]["bits_per_weight"] for i in front], [rows[i][metric] for i in front],
             where="post", color="gold", lw=2.5, alpha=0.8, zorder=2, label="Pareto front")
@@ -48,6 +58,33 @@ def plot_pareto(rows: list[dict], metric: str, path: Path, title: str, ylabel: s
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_speedup(rows: list[dict], metric: str, path: Path, title: str, ylabel: str):
+    """metric against speedup_int8 (rows with images), the Pareto front (more
+    speedup and a higher metric are both better) as a step line: at a speedup,
+    the best metric any row at least that fast reaches."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    _scatter(ax, rows, "speedup_int8", metric)
+    front = pareto_front(rows, metric, x="speedup_int8", more_x_better=True)
+    ax.step([rows[i]["speedup_int8"] for i in front], [rows[i][metric] for i in front],
+            where="pre", color="gold", lw=2.5, alpha=0.8, zorder=2, label="Pareto front")
+    ax.axvline(1.0, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("whole-model speedup over int8 (cycles, cost model = RTL counters, "
+                  "default build)")
+    ax.set_ylabel(ylabel)
+    vals = [r[metric] for r in rows if r.get(metric) is not None and r.get("speedup_int8")]
+    if vals:
+        ax.set_ylim(max(0.0, min(vals) - 0.02), min(1.005, max(vals) + 0.02))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
