@@ -35,9 +35,11 @@ class IntDecode(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
+        bits = Signal(4)             # the layer's width, registered (stable for the layer)
+        m.d.sync += bits.eq(self.bits)
         for e in range(cfg.mults):
             v = Signal(signed(8), name=f"int_w{e}")
-            with m.Switch(self.bits):
+            with m.Switch(bits):
                 for b in cfg.int_bits:
                     with m.Case(b):
                         f = self.grp[e * b:(e + 1) * b]
@@ -93,15 +95,28 @@ class CodebookDecode(wiring.Component):
             m.d.comb += [mem.w_en.eq(self.w_en[i]), mem.w_addr.eq(self.w_addr),
                          mem.w_data.eq(self.w_data), mem.r_en.eq(en)]
             mems.append(mem)
-        is_ssvq = self.mode == Mode.SSVQ
+        # the layer's decode controls, registered (the header is latched many cycles
+        # before a layer's first group, and holds still until its last has gone through):
+        # no compare or add of header fields is on a datapath path
+        def const(value, name, shape):
+            r = Signal(shape, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        fmax = cmax + cbmax
+        is_ssvq = const(self.mode == Mode.SSVQ, "is_ssvq", 1)
+        m2 = const(self.m == 2, "m2", 1)
+        fwidth = const(self.code_bits + self.coef_bits, "fwidth", range(fmax + 1))
+        code_mask = const((1 << self.code_bits) - 1, "code_mask", max(cmax, 1))
+        code_bits = const(self.code_bits, "code_bits_r", range(max(cmax, 1) + 1))
+        coef_bits = const(self.coef_bits, "coef_bits_r", range(cbmax + 1))
+        log2_d = const(self.log2_d, "log2_d_r", range(log2(cfg.d_max) + 1))
         grp = self.grp
         nslots = lanes * mm
 
         # A1: slot fields at stride F after the signs (a mux of one case per width)
         body = Signal(len(grp))
         m.d.comb += body.eq(Mux(is_ssvq, grp >> mults, grp))
-        fwidth = self.code_bits + self.coef_bits
-        fmax = cmax + cbmax
         slots = []
         for s in range(nslots):
             f = Signal(fmax, name=f"slot{s}")
@@ -122,19 +137,21 @@ class CodebookDecode(wiring.Component):
                 f1 = slots[lane] if i == 0 else 0
                 f2 = slots[2 * lane + i] if mm == 2 else 0
                 f = Signal(fmax, name=f"field{lane}_{i}")
-                m.d.comb += f.eq(Mux(self.m == 2, f2, f1))
-                m.d.comb += mems[i].r_addr[lane].eq(f & ((1 << self.code_bits) - 1))
+                m.d.comb += f.eq(Mux(m2, f2, f1))
+                m.d.comb += mems[i].r_addr[lane].eq(f & code_mask)
+                # the coefficient is not needed before S: its field is registered here and
+                # cut out of it (variable shift, variable sign extension) a stage later
+                fr = reg(f, f"field{lane}_{i}_a2")
                 raw = Signal(max(cbmax, 1), name=f"rawcoef{lane}_{i}")
-                m.d.comb += raw.eq(f >> self.code_bits)
+                m.d.comb += raw.eq(fr >> code_bits)
                 cv = Signal(cw_sh, name=f"cv{lane}_{i}")
-                with m.Switch(self.coef_bits):
+                with m.Switch(coef_bits):
                     with m.Case(0):
-                        m.d.comb += cv.eq(Mux((i == 0) | (self.m == 2), 1, 0))
+                        m.d.comb += cv.eq(Mux((i == 0) | m2, 1, 0))
                     for cbits in range(1, cbmax + 1):
                         with m.Case(cbits):
-                            m.d.comb += cv.eq(Mux((i == 0) | (self.m == 2),
-                                                  raw[:cbits].as_signed(), 0))
-                coef[lane][i] = delay(cv, 2, f"coef{lane}_{i}")     # to S
+                            m.d.comb += cv.eq(Mux((i == 0) | m2, raw[:cbits].as_signed(), 0))
+                coef[lane][i] = delay(cv, 1, f"coef{lane}_{i}")     # to S
 
         # R: the memory's output register (RecordMemory.LATENCY = 2: nothing follows an
         # unregistered block-RAM output, the slowest path on an ECP5: docs/ARCH.md)
@@ -149,7 +166,7 @@ class CodebookDecode(wiring.Component):
             for i in range(mm):
                 cw = Signal(8, name=f"cwsel{e}_{i}")
                 ce = Signal(cw_sh, name=f"cesel{e}_{i}")
-                with m.Switch(self.log2_d):
+                with m.Switch(log2_d):
                     for d in cfg.d_set:
                         lane, j = e // d, e % d
                         if lane < lanes:
@@ -158,7 +175,7 @@ class CodebookDecode(wiring.Component):
                                              ce.eq(coef[lane][i])]
                 # codebook i >= m is never written in this layer: its (undefined) read
                 # data must not reach the product, even times a zero coefficient
-                used = 1 if i == 0 else (self.m == 2)
+                used = 1 if i == 0 else m2
                 v = Signal(signed(9), name=f"cwv{e}_{i}")
                 m.d.comb += v.eq(Mux(used, Mux(is_ssvq, cw, cw.as_signed()), 0))
                 x = reg(Mux(sign[e], -v, v), f"cw{e}_{i}_s", signed(10))

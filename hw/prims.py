@@ -126,21 +126,15 @@ class RegisteredMult(wiring.Component):
                      "i_CLK0": ClockSignal(), "i_CE0": self.en, "i_RST0": ResetSignal(),
                      "i_SIGNEDA": Const(1), "i_SIGNEDB": Const(1),
                      "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
-            for k in (1, 2, 3):
-                ports[f"i_CLK{k}"] = ports[f"i_CE{k}"] = ports[f"i_RST{k}"] = Const(0)
             for k in range(18):
                 ports[f"i_A{k}"] = a[k]
                 ports[f"i_B{k}"] = b[k]
                 ports[f"i_C{k}"] = Const(0)
-                ports[f"i_SRIA{k}"] = ports[f"i_SRIB{k}"] = Const(0)
             for k in range(36):
                 ports[f"o_P{k}"] = p[k]
-            # the cascade and shift-chain outputs are unused, but connected (lint)
-            spare = Signal(5 * 18 + 1)
-            for j, name in enumerate(("SROA", "SROB", "ROA", "ROB", "ROC")):
-                for k in range(18):
-                    ports[f"o_{name}{k}"] = spare[j * 18 + k]
-            ports["o_SIGNEDP"] = spare[-1]
+            # the spare clocks, enables and resets, the shift chains and the cascade
+            # outputs stay unconnected, as yosys's own DSP mapping leaves them (tied to
+            # constants, nextpnr fails to route its constant net to them)
             m.submodules.mult = Instance("MULT18X18D", **ports)
             return m
         a, b = Signal.like(self.a), Signal.like(self.b)

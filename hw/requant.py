@@ -21,8 +21,8 @@ LIMB = 17
 class Requantizer(wiring.Component):
     # params read (2, through the memory's output register), bias, limb products (2,
     # registered hard multipliers), two partial-sum adds, rounding add, shift: each
-    # stage one carry chain, one multiplier or one group of shifter levels
-    LATENCY = RecordMemory.LATENCY + 1 + RegisteredMult.LATENCY + 2 + 1 + 1
+    # stage one carry chain, one multiplier or three shifter levels (shift: 2)
+    LATENCY = RecordMemory.LATENCY + 1 + RegisteredMult.LATENCY + 2 + 1 + 2
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -85,12 +85,16 @@ class Requantizer(wiring.Component):
         sh = delay(rec.shift, to_round - 1, "sh")
         half = delay((Const(1, ROUND_BITS) << (sh - 1)[:len(sh)])[:ROUND_BITS], 1, "half")
         shift = delay(sh, 2, "shr")
+        shift_lo = delay(shift[:3], 1, "shr_lo")
         rounded = Signal(signed(self.scaled_bits + 1 + 8))
         with m.If(en):
             m.d.sync += rounded.eq(scaled + half)
-        # shift
+        # shift: by whole bytes, then by the rest (arithmetic, as >> on a signed value)
+        coarse = Signal.like(rounded)
+        with m.If(en):
+            m.d.sync += coarse.eq(rounded >> Cat(Const(0, 3), shift[3:]))
         tag = delay(Cat(self.valid, self.lastrow), self.LATENCY - 1, "tag")
         with m.If(en):
-            m.d.sync += [self.o_value.eq(rounded >> shift), self.o_valid.eq(tag[0]),
+            m.d.sync += [self.o_value.eq(coarse >> shift_lo), self.o_valid.eq(tag[0]),
                          self.o_lastrow.eq(tag[1])]
         return m

@@ -26,6 +26,9 @@ LINT_WAIVERS = {
     "WIDTHEXPAND": "yosys's Verilog backend leaves operand extension implicit in compares "
                    "(`q_cnt == groups - 1`); Amaranth has already fixed every width",
     "WIDTHTRUNC": "yosys writes `mode == 0` as `!mode` on a multi-bit signal",
+    "PINMISSING": "the ECP5 MULT18X18D's spare clock, enable and reset pins, shift chains and "
+                  "cascade outputs are left unconnected, as yosys's own DSP mapping leaves "
+                  "them (tied to constants, nextpnr cannot route its constant net to them)",
     "CASEINCOMPLETE": "Amaranth emits `casez` without default where unlisted values keep "
                       "the previous assignment (its semantics, not a missing case)",
 }
