@@ -152,38 +152,40 @@ class SectionLoader(wiring.Component):
                 with m.If(self.layer_done):
                     m.d.sync += [in_phase.eq(InPhase.HEADER), *in_load(hb), in_first.eq(1)]
 
-        # ---- consumer: which record it wants, and taking it
-        width = Signal(range(cfg.max_record_bits + 1))
+        # ---- consumer: which record it wants, and taking it. A section's records all
+        # have one width, and a section starts on a beat boundary, so the padding after
+        # its last record is a number of the section: each section's width and "width
+        # plus padding" are loaded into two registers when it starts, and a take drops
+        # one of them (no addition on the path from `level` back to `level`).
+        rec_bits = range(cfg.max_record_bits + bus + 1)
+        hdr_last = hb * bus                              # the header and its padding
+        width = Signal(rec_bits, init=HEADER_BITS)
+        width_last = Signal(rec_bits, init=hdr_last)
         want = Signal()
         left = Signal(32)
         left_one = Signal()
         idx = Signal(32)
-        bitpos = Signal(lb)
         with m.Switch(phase):
-            with m.Case(Phase.IDLE):
-                m.d.comb += [width.eq(HEADER_BITS), want.eq(1)]
-            with m.Case(Phase.CODEBOOK):
-                m.d.comb += [width.eq(cw_bits), want.eq(1)]
-            with m.Case(Phase.PARAMS):
-                m.d.comb += [width.eq(PARAM_BITS), want.eq(1)]
-            with m.Case(Phase.ACTS):
-                m.d.comb += [width.eq(cfg.mults * ACT_BITS), want.eq(1)]
+            with m.Case(Phase.IDLE, Phase.CODEBOOK, Phase.PARAMS, Phase.ACTS):
+                m.d.comb += want.eq(1)
             with m.Case(Phase.WEIGHTS):
-                m.d.comb += [width.eq(grp_bits), want.eq(en)]
+                m.d.comb += want.eq(en)
         take = Signal()
         last = Signal()
-        nxt = Signal(lb)
-        pad = Signal(lb)
         m.d.comb += [take.eq(want & (gb.level >= width)),
                      last.eq((phase == Phase.IDLE) | left_one),
-                     nxt.eq(bitpos + width), pad.eq(-nxt),
-                     gb.consume.eq(Mux(take, width + Mux(last, pad, 0), 0))]
+                     gb.consume.eq(Mux(take, Mux(last, width_last, width), 0))]
         with m.If(take):
-            m.d.sync += [left.eq(left - 1), left_one.eq(left == 2), idx.eq(idx + 1),
-                         bitpos.eq(Mux(last, 0, nxt))]
+            m.d.sync += [left.eq(left - 1), left_one.eq(left == 2), idx.eq(idx + 1)]
+        section_width = {Phase.CODEBOOK: (cw_bits, geo["cw_last"]),
+                         Phase.PARAMS: (PARAM_BITS, geo["prm_last"]),
+                         Phase.ACTS: (cfg.mults * ACT_BITS, geo["act_last"]),
+                         Phase.WEIGHTS: (grp_bits, geo["grp_last"])}
 
         def start_section(ph, n):
-            return [phase.eq(ph), left.eq(n), left_one.eq(n == 1), idx.eq(0)]
+            w, wl = section_width[ph]
+            return [phase.eq(ph), left.eq(n), left_one.eq(n == 1), idx.eq(0),
+                    width.eq(w), width_last.eq(wl)]
 
         with m.Switch(phase):
             with m.Case(Phase.IDLE):
@@ -213,7 +215,8 @@ class SectionLoader(wiring.Component):
                     m.d.sync += phase.eq(Phase.DRAIN)
             with m.Case(Phase.DRAIN):
                 with m.If(self.layer_done):
-                    m.d.sync += phase.eq(Phase.IDLE)
+                    m.d.sync += [phase.eq(Phase.IDLE), width.eq(HEADER_BITS),
+                                 width_last.eq(hdr_last)]
 
         # ---- what each take was, carried beside the record to `head` (clocked by en,
         # like the gearbox's read stages; loads happen while no output waits, en high)
@@ -291,9 +294,22 @@ class SectionLoader(wiring.Component):
         wbits = _mult(m, hdr.rows, row_bits, "wbits", 48)
         # 8: weight beats
         w_beats = reg(ceil_shift(wbits, lb), "w_beats", 32)
+        # each section's last record with the padding to the next beat boundary:
+        # width + ((-section bits) mod bus)
+        rb = range(cfg.max_record_bits + cfg.bus + 1)
+
+        def last(w, section_bits, name):
+            return reg(w + (-section_bits)[:lb].as_unsigned(), name, rb)
+        # 2 (codebook: m << code_bits records of 8 << log2_d bits), 1 (params: 64-bit
+        # records), 2 (acts: G records of mults x 8 bits), 8 (weights: wbits)
+        cw_last = last(cw_bits, cb_records << (hdr.log2_d + log2(CW_BITS))[:5], "cw_last")
+        prm_last = last(PARAM_BITS, hdr.rows << log2(PARAM_BITS), "prm_last")
+        act_last = last(cfg.mults * ACT_BITS, groups << (lm + log2(ACT_BITS)), "act_last")
+        grp_last = last(grp_bits, wbits, "grp_last")
         return {"cw_bits": cw_bits, "cb_records": cb_records, "cb_beats": cb_beats,
                 "prm_beats": prm_beats, "act_beats": act_beats, "grp_bits": grp_bits,
-                "total_groups": total_groups, "w_beats": w_beats}
+                "total_groups": total_groups, "w_beats": w_beats, "cw_last": cw_last,
+                "prm_last": prm_last, "act_last": act_last, "grp_last": grp_last}
 
 
 def _mult(m, a, b, name, width):

@@ -95,7 +95,8 @@ def test_beats_and_bits_by_hand(name, bus, rows, cols, beats, fields, records):
 def test_cycles_within_rate_bounds(name, bus, rows, cols, beats, fields, records):
     """Lower bounds: one input beat per cycle; the header, then one record per cycle.
     Upper bound: every section at the slower of its two rates, plus a fixed
-    latency (header decode and the pipeline) of at most 24 cycles."""
+    latency (header decode, 11 cycles, the pipeline, 29, and two hand-over cycles:
+    docs/ARCH.md) of at most 42 cycles."""
     cfg = dataclasses.replace(CFG, bus=bus)
     c = layer_cost(cfg, name, rows, cols)
     inp = sum(v for s, v in beats.items() if s != "out")
@@ -103,7 +104,7 @@ def test_cycles_within_rate_bounds(name, bus, rows, cols, beats, fields, records
     assert c.cycles > inp
     assert c.cycles > beats["header"] + sum(records.values())
     slow = beats["header"] + sum(max(beats[s], records[s]) for s in records)
-    assert c.cycles <= slow + 24
+    assert c.cycles <= slow + 42
     assert c.stream_utilisation == pytest.approx(inp / c.cycles)
     assert 0 < c.bus_utilisation <= 1.0 and 0 < c.stream_utilisation < 1.0
 
@@ -114,7 +115,7 @@ def test_latency_is_the_same_for_every_bus_bound_layer():
     lat = {layer_cost(CFG, n, r, c).cycles - layer_cost(CFG, n, r, c).input_beats
            for n, r, c in [("int4", 384, 384), ("int8", 1536, 384), ("int2", 7, 100),
                            ("int8", 1, 1), ("ssvq-k256-d8", 384, 1536)]}
-    assert len(lat) == 1 and 3 <= lat.pop() <= 24
+    assert len(lat) == 1 and 3 <= lat.pop() <= 42
 
 
 @pytest.mark.parametrize("name,rows,cols,want", [
@@ -138,7 +139,7 @@ def test_bus_utilisation_bounds():
     # int4: a 128-bit group is two beats, taken in two cycles: the bus is the limit
     int4 = layer_cost(CFG, "int4", 384, 384)
     assert int4.bus_utilisation >= 0.998
-    assert int4.stream_utilisation >= 0.998
+    assert int4.stream_utilisation >= 0.995          # 42 cycles of latency in 9,700
     # int1: a 32-bit group is half a beat, one group per cycle: compute-bound at 0.5
     int1 = layer_cost(CFG, "int1", 384, 384)
     assert 0.49 <= int1.bus_utilisation <= 0.51
@@ -181,7 +182,9 @@ def test_minilm_speedups():
     assert len(rs.layers) == 36 and rs.cost.n_weights == 6 * (4 * 384 ** 2 + 2 * 1536 * 384)
     assert r4.speedup["int8"] >= 1.9
     assert r4.speedup["int4"] == 1.0            # the int4 baseline is the same runs
-    assert rs.speedup["int8"] >= 3.70
+    # 3.700 with a 12-deep pipeline and 3 decode cycles; 29 and 11 for 150 MHz cost
+    # 25 cycles a layer (docs/ARCH.md, "Timing closure")
+    assert rs.speedup["int8"] >= 3.69
     # ssvq-k256-d8 weights per block: 4 x 384x384 at 4608 beats, 2 x 18432 beats
     assert rs.cost.bits["weights"] == 6 * (4 * 4608 + 2 * 18432) * 64
     assert rs.cost.bits_per_weight == pytest.approx(

@@ -5,12 +5,13 @@ are exercised (an output beat is handed over; a back-pressured beat is held)."""
 import pytest
 
 from hw.accel import PIPELINE_DEPTH
+from hw.loader import SectionLoader
 from sim.formal import VARIANTS, check, mutate
 
-# The formal layer's first weight group is taken in cycle 11 (header, decode, params and
-# acts loads of a 1-column int1 layer: docs/ARCH.md "Timing"); its first output beat is
-# offered PIPELINE_DEPTH cycles later.
-FIRST_BEAT = 11 + PIPELINE_DEPTH
+# The earliest weight group of the formal build is taken in cycle 8 + DECODE_CYCLES
+# (two header beats and their take, the decode, one params and one acts record:
+# docs/ARCH.md "Timing"); its output beat is offered PIPELINE_DEPTH cycles later.
+FIRST_BEAT = 8 + SectionLoader.DECODE_CYCLES + PIPELINE_DEPTH
 BMC_DEPTH = FIRST_BEAT + 7
 
 pytestmark = pytest.mark.xdist_group("formal")

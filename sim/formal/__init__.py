@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw.accel import PIPELINE_DEPTH
+from hw.loader import SectionLoader
 from ssvq.config import AccelConfig, LayerConfig
 from ssvq.errors import SimError
 
@@ -49,7 +50,9 @@ SEQ_LAYER = (LayerConfig("int", bits=1), 9, 1)
 # (rows x G = 9), PIPELINE_DEPTH (hw.accel), the hand-over, and a margin of 3. BMC of the
 # correct design confirms the bound is not too tight (it would fail `all_beats`).
 SEQ_QUIET = 4 + 9 + PIPELINE_DEPTH + 1 + 3
-DEPTH = {"handshake": 11 + PIPELINE_DEPTH + 7, "sequence": 11 + PIPELINE_DEPTH + 19}
+DECODE_CYCLES = SectionLoader.DECODE_CYCLES
+DEPTH = {"handshake": 8 + DECODE_CYCLES + PIPELINE_DEPTH + 7,
+         "sequence": 8 + DECODE_CYCLES + PIPELINE_DEPTH + 19}
 SOLVERS = {"yices": "yices-smt2", "z3": "z3"}
 
 # Deliberately broken designs: (module, text in it, replacement, what it breaks).
