@@ -32,7 +32,11 @@ the same in any per-row units):
    Q chosen first, the sequence of column steps is exactly the joint correction
    for forcing the whole block to Q. Corrections reach columns beyond the current
    lazy batch of `block` columns through one matrix product per batch (GPTQ's
-   lazy batch updates; the same arithmetic, reordered).
+   lazy batch updates; the same arithmetic, reordered). The blocks are swept in
+   decreasing order of input energy (`act_order`, GPTQ's act-order with a
+   vector's D columns kept together): on MiniLM K=256 D=8 the mean layer error
+   dropped from 0.0291 to 0.0273 and the held-out embedding cosine rose from
+   0.892 to 0.896 (256 calibration sentences).
 3. Codeword refit (`refit_codebook`): with codes and signs fixed, the codebook
    that minimises the output error against the original U is a linear least
    squares problem in the K*D codeword entries; a few conjugate-gradient steps on
@@ -160,40 +164,66 @@ def grid_codebook(c: np.ndarray, signed: bool) -> tuple[np.ndarray, float]:
 
 
 # ------------------------------------------------------------------ the sweep
-def gptq_assign(u: np.ndarray, h: np.ndarray, codebook: np.ndarray, d: int, signed: bool,
-                block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The GPTQ sweep (module docstring, step 2) of u (rows, cols) with a fixed real
-    codebook (K, d) and a damped Hessian h (cols, cols). Returns (codes (rows, V)
-    int64, negative (rows, cols) bool (all False for VQ), targets (rows, cols)
-    float64: each column's value when its block was quantized)."""
-    w = np.array(u, np.float64)
-    rows, cols = w.shape
+def act_order(h: np.ndarray, d: int) -> np.ndarray:
+    """The vectors' column blocks in decreasing order of input energy (the sum of
+    diag H over their columns): GPTQ's act-order at vector granularity, so the
+    blocks that matter most are quantized while the most columns are still free
+    to absorb their error (a vector's columns stay together, as the image needs)."""
+    cols = len(h)
     v = -(-cols // d)
-    r = inverse_cholesky(h)
+    e = np.zeros(v * d)
+    e[:cols] = np.diagonal(h)
+    return np.argsort(-e.reshape(v, d).sum(axis=1), kind="stable")
+
+
+def gptq_assign(u: np.ndarray, h: np.ndarray, codebook: np.ndarray, d: int, signed: bool,
+                block: int = BLOCK, order: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The GPTQ sweep (module docstring, step 2) of u (rows, cols) with a fixed real
+    codebook (K, d) and a damped Hessian h (cols, cols), over the column blocks of
+    the vectors (block v: columns vD..vD+D-1) in `order` (default 0, 1, ...).
+    Returns (codes (rows, V) int64, negative (rows, cols) bool (all False for VQ),
+    targets (rows, cols) float64: each column's value when its block was
+    quantized)."""
+    rows, cols = np.shape(u)
+    v = -(-cols // d)
+    order = np.arange(v) if order is None else np.asarray(order, np.int64)
+    if sorted(order.tolist()) != list(range(v)):
+        raise ValueError(f"gptq_assign: order must be a permutation of 0..{v - 1}")
+    spans = [(g * d, min(g * d + d, cols)) for g in order]
+    perm = np.concatenate([np.arange(a, b) for a, b in spans])
+    bounds = np.cumsum([0] + [b - a for a, b in spans])      # group starts, sweep order
+    w = np.array(u, np.float64)[:, perm]                    # sweep-order columns
+    r = inverse_cholesky(np.asarray(h, np.float64)[np.ix_(perm, perm)])
     c = np.asarray(codebook, np.float64)
-    block = max(d, block // d * d)
     codes = np.zeros((rows, v), np.int64)
     neg = np.zeros((rows, cols), bool)
     targets = np.zeros((rows, cols))
-    for b0 in range(0, cols, block):
-        b1 = min(b0 + block, cols)
+    gi = 0
+    while gi < v:
+        # a lazy batch: whole groups, about `block` columns
+        gj = gi + 1
+        while gj < v and bounds[gj + 1] - bounds[gi] <= block:
+            gj += 1
+        b0, b1 = bounds[gi], bounds[gj]
         wb = w[:, b0:b1]                                    # a view: updated in place
         err = np.zeros((rows, b1 - b0))
-        for g0 in range(b0, b1, d):
-            g1 = min(g0 + d, cols)
-            n = g1 - g0                                     # < d only in the last block
+        for g in range(gi, gj):
+            g0, g1 = bounds[g], bounds[g + 1]
+            n = g1 - g0                                     # < d only for the last vector
             p = wb[:, g0 - b0:g1 - b0].copy()
-            targets[:, g0:g1] = p
             rg = r[g0:g1, g0:g1]
             wt = 1.0 / (rg * rg).sum(axis=0)                # 1 / diag(R_gg^T R_gg)
             if signed:
                 x, sign = p, np.ones_like(p)
             else:
-                neg[:, g0:g1] = p < 0
                 x, sign = np.abs(p), np.where(p < 0, -1.0, 1.0)
             j = _weighted_assign(x, np.broadcast_to(wt, x.shape), c[:, :n])
-            codes[:, g0 // d] = j
             q = sign * c[j, :n]
+            a, b = spans[g]
+            codes[:, order[g]] = j
+            targets[:, a:b] = p
+            neg[:, a:b] = sign < 0
             for e in range(n):
                 i = g0 + e
                 col = i - b0
@@ -202,6 +232,7 @@ def gptq_assign(u: np.ndarray, h: np.ndarray, codebook: np.ndarray, d: int, sign
                 err[:, col] = ei
         if b1 < cols:
             w[:, b1:] -= err @ r[b0:b1, b1:]
+        gi = gj
     return codes, neg, targets
 
 
@@ -275,9 +306,11 @@ def refit_codebook(u: np.ndarray, h: np.ndarray, codebook: np.ndarray, codes: np
 
 # ------------------------------------------------------------------ the layer
 def gptvq_weights(w: np.ndarray, gram: np.ndarray, config: LayerConfig, seed: int = 0,
-                  damp: float = DAMP, refit: bool = True, block: int = BLOCK) -> GPTVQResult:
+                  damp: float = DAMP, refit: bool = True, block: int = BLOCK,
+                  ordered: bool = True) -> GPTVQResult:
     """The data-aware weight side of one SSVQ or VQ layer (m = 1, no coefficients):
-    w (rows, cols), gram = X^T X (cols, cols) of the layer's calibration inputs."""
+    w (rows, cols), gram = X^T X (cols, cols) of the layer's calibration inputs.
+    ordered: sweep the vectors in act_order (else left to right)."""
     if config.mode not in ("ssvq", "vq") or config.m != 1 or config.coef_bits:
         raise ConfigError(f"gptvq: {config.name}: the GPTQ start is for SSVQ and VQ layers "
                           f"with one codebook and no coefficients")
@@ -302,7 +335,8 @@ def gptvq_weights(w: np.ndarray, gram: np.ndarray, config: LayerConfig, seed: in
     errors = {"nearest": output_error(u, h, decoded(cb, *nearest_assign(u, cb, d, signed),
                                                     cols)) / base}
     # 2. the sweep
-    codes, neg, targets = gptq_assign(u, h, cb, d, signed, block)
+    codes, neg, targets = gptq_assign(u, h, cb, d, signed, block,
+                                      act_order(h, d) if ordered else None)
     err = output_error(u, h, decoded(cb, codes, neg, cols))
     errors["gptq"] = err / base
     # 3. codewords refit for the output error, kept if better on the grid

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from compress.gptvq import DAMP, damped_hessian, gptq_assign, gptvq_weights, nearest_assign
+from compress.gptvq import (DAMP, act_order, damped_hessian, gptq_assign, gptvq_weights,
+                            nearest_assign)
 from compress.quantize import dequantize, kmeans, quantize_weights
 from compress.train import SSVQ, VQ, QuantizedModel, QuantSpec, Uniform, fit
 from ssvq.app.quality.checks import check_images
@@ -95,44 +96,52 @@ def test_error_feedback_lowers_the_output_error(mode):
     assert res.errors["gptq"] < res.errors["nearest"]
 
 
-def _reference_sweep(u, h, cb, d, signed):
-    """GPTQ written from its definition: before block g is quantized, the columns
-    not yet fixed (F) hold the minimiser of (u - u') H (u - u')^T given the fixed
-    ones, u'_F = u_F + H_FF^-1 H_F,fixed (u_fixed - q_fixed); block g's weights
-    are 1 / diag((H_FF)^-1) on its columns; sign from u'_g, magnitude to the
-    weighted-nearest codeword."""
+def _reference_sweep(u, h, cb, d, signed, order):
+    """GPTQ written from its definition, in the original column order: before
+    vector block g (columns gD..gD+D-1, blocks taken in `order`) is quantized, the
+    columns not yet fixed (F) hold the minimiser of (u - u') H (u - u')^T given the
+    fixed ones, u'_F = u_F + H_FF^-1 H_F,fixed (u_fixed - q_fixed); block g's
+    weights are 1 / diag((H_FF)^-1) on its columns; sign from u'_g, magnitude to
+    the weighted-nearest codeword."""
     rows, cols = u.shape
     q = np.zeros_like(u)
     codes = np.zeros((rows, -(-cols // d)), np.int64)
     neg = np.zeros((rows, cols), bool)
     targets = np.zeros_like(u)
-    for g0 in range(0, cols, d):
-        g1 = min(g0 + d, cols)
-        fixed, free = np.arange(g0), np.arange(g0, cols)
+    fixed = np.zeros(0, np.int64)
+    for g in order:
+        grp = np.arange(g * d, min(g * d + d, cols))
+        free = np.array([c for c in range(cols) if c not in fixed])
         hff = h[np.ix_(free, free)]
         cur = u[:, free].copy()
-        if g0:
+        if len(fixed):
             corr = np.linalg.solve(hff, h[np.ix_(free, fixed)] @ (u[:, fixed] - q[:, fixed]).T)
             cur += corr.T
-        p = cur[:, :g1 - g0]
-        targets[:, g0:g1] = p
-        wt = 1.0 / np.diagonal(np.linalg.inv(hff))[:g1 - g0]
+        at = np.searchsorted(free, grp)
+        p = cur[:, at]
+        targets[:, grp] = p
+        wt = 1.0 / np.diagonal(np.linalg.inv(hff))[at]
+        n = len(grp)
         for r in range(rows):
             t = p[r] if signed else np.abs(p[r])
-            j = int((wt * (cb[:, :g1 - g0] - t) ** 2).sum(axis=1).argmin())
-            codes[r, g0 // d] = j
-            s = np.ones(g1 - g0) if signed else np.where(p[r] < 0, -1.0, 1.0)
-            neg[r, g0:g1] = s < 0
-            q[r, g0:g1] = s * cb[j, :g1 - g0]
+            j = int((wt * (cb[:, :n] - t) ** 2).sum(axis=1).argmin())
+            codes[r, g] = j
+            s = np.ones(n) if signed else np.where(p[r] < 0, -1.0, 1.0)
+            neg[r, grp] = s < 0
+            q[r, grp] = s * cb[j, :n]
+        fixed = np.concatenate([fixed, grp])
     return codes, neg, targets
 
 
-@pytest.mark.parametrize("d,cols,block", [(1, 3, 1), (1, 3, 2), (2, 3, 2), (2, 3, 128)])
+@pytest.mark.parametrize("d,cols,block,order", [
+    (1, 3, 1, None), (1, 3, 2, None), (2, 3, 2, None), (2, 3, 128, None),
+    (1, 3, 2, [2, 0, 1]), (2, 3, 1, [1, 0]), (2, 5, 4, [2, 0, 1])])
 @pytest.mark.parametrize("mode", ["ssvq", "vq"])
-def test_sweep_equals_the_gptq_step_by_hand(d, cols, block, mode):
-    """(b) A 3-column toy (one column at a time, and D = 2 with a last block of
-    one column; lazy batches of 1, 2 or all columns): codes, signs and the
-    weights each block was quantized from equal the hand-written step."""
+def test_sweep_equals_the_gptq_step_by_hand(d, cols, block, order, mode):
+    """(b) 3- and 5-column toys (one column at a time, and D = 2 with a last block
+    of one column; lazy batches of 1, 2 or all columns; left to right or in a
+    given block order, the short block first too): codes, signs and the weights
+    each block was quantized from equal the hand-written step."""
     rng = np.random.default_rng(7)
     rows = 6
     u = rng.normal(size=(rows, cols))
@@ -140,13 +149,24 @@ def test_sweep_equals_the_gptq_step_by_hand(d, cols, block, mode):
     h = damped_hessian(x.T @ x)
     signed = mode == "vq"
     cb = rng.normal(size=(3, d)) if signed else np.abs(rng.normal(size=(3, d)))
-    got = gptq_assign(u, h, cb, d, signed, block=block)
-    want = _reference_sweep(u, h, cb, d, signed)
+    got = gptq_assign(u, h, cb, d, signed, block=block, order=order)
+    want = _reference_sweep(u, h, cb, d, signed, range(-(-cols // d)) if order is None
+                            else order)
     assert (got[0] == want[0]).all()
     assert (got[1] == want[1]).all()
     np.testing.assert_allclose(got[2], want[2], rtol=1e-9, atol=1e-12)
-    # the toy exercises the feedback: later columns moved away from u
-    assert np.abs(want[2][:, d:] - u[:, d:]).max() > 0.05
+    # the toy exercises the feedback: blocks after the first moved away from u
+    first = (order or [0])[0]
+    later = np.ones(cols, bool)
+    later[first * d:first * d + d] = False
+    assert np.abs(want[2][:, later] - u[:, later]).max() > 0.05
+
+
+def test_act_order_is_decreasing_block_energy():
+    h = np.diag([1.0, 5.0, 2.0, 2.0, 9.0])           # blocks of 2: energy 6, 4, 9
+    assert act_order(h, 2).tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match="permutation"):
+        gptq_assign(np.ones((2, 5)), h, np.ones((2, 2)), 2, False, order=[0, 0, 1])
 
 
 class _Net(nn.Module):
