@@ -96,13 +96,14 @@ def test_error_feedback_lowers_the_output_error(mode):
     assert res.errors["gptq"] < res.errors["nearest"]
 
 
-def _reference_sweep(u, h, cb, d, signed, order):
+def _reference_sweep(u, h, cb, d, signed, order, metric="diag"):
     """GPTQ written from its definition, in the original column order: before
     vector block g (columns gD..gD+D-1, blocks taken in `order`) is quantized, the
     columns not yet fixed (F) hold the minimiser of (u - u') H (u - u')^T given the
     fixed ones, u'_F = u_F + H_FF^-1 H_F,fixed (u_fixed - q_fixed); block g's
     weights are 1 / diag((H_FF)^-1) on its columns; sign from u'_g, magnitude to
-    the weighted-nearest codeword."""
+    the weighted-nearest codeword. metric "full": the codeword minimising
+    e A^-1 e^T, e = u'_g - q_g, A the block's part of (H_FF)^-1."""
     rows, cols = u.shape
     q = np.zeros_like(u)
     codes = np.zeros((rows, -(-cols // d)), np.int64)
@@ -120,13 +121,18 @@ def _reference_sweep(u, h, cb, d, signed, order):
         at = np.searchsorted(free, grp)
         p = cur[:, at]
         targets[:, grp] = p
-        wt = 1.0 / np.diagonal(np.linalg.inv(hff))[at]
+        a = np.linalg.inv(hff)[np.ix_(at, at)]
+        wt = 1.0 / np.diagonal(a)
         n = len(grp)
         for r in range(rows):
             t = p[r] if signed else np.abs(p[r])
-            j = int((wt * (cb[:, :n] - t) ** 2).sum(axis=1).argmin())
-            codes[r, g] = j
             s = np.ones(n) if signed else np.where(p[r] < 0, -1.0, 1.0)
+            if metric == "full":
+                e = p[r] - s * cb[:, :n]                       # (K, n)
+                j = int(np.einsum("ke,ef,kf->k", e, np.linalg.inv(a), e).argmin())
+            else:
+                j = int((wt * (cb[:, :n] - t) ** 2).sum(axis=1).argmin())
+            codes[r, g] = j
             neg[r, grp] = s < 0
             q[r, grp] = s * cb[j, :n]
         fixed = np.concatenate([fixed, grp])
@@ -136,22 +142,24 @@ def _reference_sweep(u, h, cb, d, signed, order):
 @pytest.mark.parametrize("d,cols,block,order", [
     (1, 3, 1, None), (1, 3, 2, None), (2, 3, 2, None), (2, 3, 128, None),
     (1, 3, 2, [2, 0, 1]), (2, 3, 1, [1, 0]), (2, 5, 4, [2, 0, 1])])
+@pytest.mark.parametrize("metric", ["diag", "full"])
 @pytest.mark.parametrize("mode", ["ssvq", "vq"])
-def test_sweep_equals_the_gptq_step_by_hand(d, cols, block, order, mode):
+def test_sweep_equals_the_gptq_step_by_hand(d, cols, block, order, mode, metric):
     """(b) 3- and 5-column toys (one column at a time, and D = 2 with a last block
     of one column; lazy batches of 1, 2 or all columns; left to right or in a
-    given block order, the short block first too): codes, signs and the weights
-    each block was quantized from equal the hand-written step."""
+    given block order, the short block first too; codewords by the diagonal or the
+    block's full error metric): codes, signs and the weights each block was
+    quantized from equal the hand-written step."""
     rng = np.random.default_rng(7)
-    rows = 6
+    rows = 20
     u = rng.normal(size=(rows, cols))
     x = _correlated_inputs(50, cols, 3)
     h = damped_hessian(x.T @ x)
     signed = mode == "vq"
-    cb = rng.normal(size=(3, d)) if signed else np.abs(rng.normal(size=(3, d)))
-    got = gptq_assign(u, h, cb, d, signed, block=block, order=order)
+    cb = rng.normal(size=(4, d)) if signed else np.abs(rng.normal(size=(4, d)))
+    got = gptq_assign(u, h, cb, d, signed, block=block, order=order, metric=metric)
     want = _reference_sweep(u, h, cb, d, signed, range(-(-cols // d)) if order is None
-                            else order)
+                            else order, metric)
     assert (got[0] == want[0]).all()
     assert (got[1] == want[1]).all()
     np.testing.assert_allclose(got[2], want[2], rtol=1e-9, atol=1e-12)
@@ -160,6 +168,9 @@ def test_sweep_equals_the_gptq_step_by_hand(d, cols, block, order, mode):
     later = np.ones(cols, bool)
     later[first * d:first * d + d] = False
     assert np.abs(want[2][:, later] - u[:, later]).max() > 0.05
+    if metric == "full" and (d, cols) == (2, 5):     # and the two metrics differ here
+        diag = gptq_assign(u, h, cb, d, signed, block=block, order=order)[0]
+        assert (diag != got[0]).sum() >= 3
 
 
 def test_act_order_is_decreasing_block_energy():
