@@ -45,7 +45,9 @@ the same in any per-row units):
    that minimises the output error against the original U is a linear least
    squares problem in the K*D codeword entries; a few conjugate-gradient steps on
    its normal equations (each one product with H), then >= 0 (SSVQ) and the 8-bit
-   grid. Kept only if the output error drops. Then the per-row scale is fitted by
+   grid. Kept only if the output error drops (MiniLM: held-out cosine 0.896 with,
+   0.895 without; sweeping again with the refit codebook, three rounds, gave
+   0.908 against 0.907 for twice the time, so it is done once). Then the per-row scale is fitted by
    H-weighted least squares, s_r = <w_r, q_r>_H / <q_r, q_r>_H (it is folded into
    the requantization multiplier, so it is free; the plain start fits it
    unweighted, which would pull the error-compensated rows back toward W).
