@@ -47,10 +47,11 @@ the same in any per-row units):
    its normal equations (each one product with H), then >= 0 (SSVQ) and the 8-bit
    grid. Kept only if the output error drops (MiniLM: held-out cosine 0.896 with,
    0.895 without; sweeping again with the refit codebook, three rounds, gave
-   0.908 against 0.907 for twice the time, so it is done once). Then the per-row scale is fitted by
-   H-weighted least squares, s_r = <w_r, q_r>_H / <q_r, q_r>_H (it is folded into
-   the requantization multiplier, so it is free; the plain start fits it
-   unweighted, which would pull the error-compensated rows back toward W).
+   0.908 against 0.907 for twice the time, so it is done once). Then the per-row
+   scale is fitted by H-weighted least squares, s_r = <w_r, q_r>_H / <q_r, q_r>_H
+   (it is folded into the requantization multiplier, so it is free; the plain
+   start fits it unweighted, which would pull the error-compensated rows back
+   toward W).
 
 `gptvq_weights` returns the integer fields of compress.quantize.quantize_weights
 plus the error-updated weights each vector was quantized from (`targets`, in U
@@ -65,9 +66,9 @@ set of `ssvq quality --model minilm`): post-training mean embedding cosine 0.907
 mean relative layer output error on the calibration inputs ("errors", U units)
 0.030 after the sweep and refit against 0.080 for nearest codewords of the same
 codebook. The start takes about 60 s (22 s of it the input statistics, a 7 s
-forward pass plus the X^T X sums) against 11 s. After 5 minutes of the same distillation: 0.929 from this start
-(284 steps) against 0.910 (339 steps) and 0.899 (208 steps, a busier machine)
-from the plain one.
+forward pass plus the X^T X sums) against 11 s. After 5 minutes of the same
+distillation: 0.929 from this start (284 steps) against 0.910 (339 steps) and
+0.899 (208 steps, a busier machine) from the plain one.
 """
 from __future__ import annotations
 
