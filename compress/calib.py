@@ -2,6 +2,9 @@
 
 * `capture_inputs`: forward hooks on the layers of a runnable nn.Module (MiniLM,
   digits, quantization-aware training).
+* `capture_gram`: the same hooks summing X^T X over every input row instead of
+  keeping the first rows (the input statistics of compress.gptvq's data-aware
+  start: a few hundred sentences are more rows than MAX_ROWS keeps).
 * `load_calibration(path, layers)`: what the user gives with `--calib`:
   - ``.npz`` / ``.safetensors``: one array per layer name, shape (n, cols) (leading
     dimensions beyond one are flattened, as a hook would see a (batch, tokens, cols)
@@ -90,6 +93,38 @@ def capture_inputs(root, modules: dict, run: Callable[[], object],
             h.remove()
     return {n: np.ascontiguousarray(np.concatenate(v), dtype=np.float32)
             for n, v in got.items() if v}
+
+
+def capture_gram(root, modules: dict, run: Callable[[], object]) -> dict[str, np.ndarray]:
+    """Runs `run()` (eval mode, no grad, one torch thread) with forward hooks on
+    `modules` ({name: nn.Module inside root}) and returns each one's Gram matrix
+    X^T X (in_features, in_features) float64 over all its input rows (inputs
+    flattened to (n, in_features)); modules never called are left out."""
+    import torch
+    got: dict[str, torch.Tensor] = {}
+
+    def make(name):
+        def hook(_mod, inputs, _out):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+            # float32 product per batch (twice as fast), summed in float64
+            g = (x.T @ x).double()
+            got[name] = got[name] + g if name in got else g
+        return hook
+
+    handles = [mod.register_forward_hook(make(n)) for n, mod in modules.items()]
+    threads = torch.get_num_threads()
+    was_training = root.training
+    try:
+        torch.set_num_threads(1)
+        root.eval()
+        with torch.no_grad():
+            run()
+    finally:
+        root.train(was_training)
+        torch.set_num_threads(threads)
+        for h in handles:
+            h.remove()
+    return {n: g.numpy() for n, g in got.items()}
 
 
 # ------------------------------------------------------------------ files

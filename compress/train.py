@@ -27,7 +27,12 @@ layers with fewer than `skip_below` weights stay float) are replaced in place
   stores (cb_scale = max C / 255, straight-through) in every forward pass, so
   training sees exactly the exported weights. Initialisation is the
   post-training weight side of compress.quantize.quantize_weights (faiss k-means
-  on |w| / rms(row)); latents start at w / rms(row).
+  on |w| / rms(row)); latents start at w / rms(row). With init="gptq" (SSVQ and
+  VQ) it is compress.gptvq.gptvq_weights instead, from the layer's input
+  statistics X^T X (QuantizedModel(..., calibration=...)): activation-weighted
+  k-means, the GPTQ error-feedback sweep, codeword and H-weighted row-scale
+  refits; latents start at the sweep's error-updated weights (in units of
+  rms(row)), so their signs are the sweep's sign bits.
 * ``VQLinear``: W = C[code] * s, signed C (cb_scale = max|C| / 127). The
   codeword gradient is the sum of its assigned weights' gradients times s,
   which autograd produces through the gather C[code].
@@ -73,7 +78,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.calib import capture_inputs
+from compress.calib import capture_gram, capture_inputs
+from compress.gptvq import DAMP, gptvq_weights
 from compress.quantize import (dequantize, image_from_fields, int_range, int_row_scale,
                                layer_bits, quantize_weights)
 from compress.run import write_model_images
@@ -83,6 +89,7 @@ from ssvq.image import LayerImage
 
 UNIFORM = {f"int{b}": b for b in (2, 3, 4, 5, 6, 8)}
 METHODS = ("ssvq", "vq") + tuple(UNIFORM)
+INITS = ("kmeans", "gptq")
 
 
 # ------------------------------------------------------------------ specs
@@ -113,7 +120,9 @@ class QuantSpec(SpecDict):
     length (ssvq, vq). codes: "fixed" or "reassign" (ssvq). flip_threshold,
     freeze_start, freeze_end: the sign-freezing rule (module docstring).
     ste_clip: None for the identity straight-through estimator, or c to pass
-    the gradient only where |latent| <= c.
+    the gradient only where |latent| <= c. init: "kmeans" (the plain
+    post-training start) or "gptq" (ssvq, vq: compress.gptvq's data-aware start,
+    which needs calibration inputs), damp its Hessian damping.
     """
     method: str = "ssvq"
     k: int = 256
@@ -125,6 +134,8 @@ class QuantSpec(SpecDict):
     freeze_end: float = 0.8
     ste_clip: float | None = None
     seed: int = 0
+    init: str = "kmeans"
+    damp: float = DAMP
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -134,6 +145,13 @@ class QuantSpec(SpecDict):
         if self.codes not in ("fixed", "reassign"):
             raise ConfigError(f"QuantSpec: codes: expected 'fixed' or 'reassign', found "
                               f"{self.codes!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"QuantSpec: init: expected one of {INITS}, found {self.init!r}")
+        if self.init == "gptq" and self.method not in ("ssvq", "vq"):
+            raise ConfigError(f"QuantSpec: init 'gptq' is for ssvq and vq, found method "
+                              f"{self.method!r}")
+        if not (isinstance(self.damp, (int, float)) and self.damp > 0):
+            raise ConfigError(f"QuantSpec: damp: expected a number > 0, found {self.damp!r}")
         if not 0.0 <= self.freeze_start <= self.freeze_end <= 1.0:
             raise ConfigError("QuantSpec: need 0 <= freeze_start <= freeze_end <= 1, found "
                               f"{self.freeze_start}, {self.freeze_end}")
@@ -257,10 +275,23 @@ class QuantLinear(nn.Module):
 class _CodebookLinear(QuantLinear):
     signed = True
 
-    def __init__(self, linear: nn.Linear, spec: QuantSpec, name: str):
+    def __init__(self, linear: nn.Linear, spec: QuantSpec, name: str,
+                 gram: np.ndarray | None = None):
+        """gram: X^T X of the layer's inputs, for init="gptq" (compress.gptvq)."""
         super().__init__(linear, spec, name)
         w = linear.weight.detach().float().cpu().numpy()
-        fields, rs, cs = quantize_weights(w, spec.layer_config, seed=spec.seed, name=name)
+        self.init_targets = None        # init="gptq": the sweep's weights, for the latents
+        self.init_errors: dict = {}
+        if spec.init == "gptq":
+            if gram is None:
+                raise ConfigError(f"layer {name}: init 'gptq' needs the layer's input "
+                                  f"statistics (QuantizedModel(..., calibration=...))")
+            res = gptvq_weights(w, gram, spec.layer_config, seed=spec.seed, damp=spec.damp)
+            fields, rs, cs = res.fields, res.row_scale, res.cb_scale
+            self.init_targets, self.init_errors = res.targets, res.errors
+            self.init_negative = res.fields.get("signs")
+        else:
+            fields, rs, cs = quantize_weights(w, spec.layer_config, seed=spec.seed, name=name)
         cb = torch.from_numpy(np.asarray(fields["codebook"], np.float32) * np.float32(cs))
         self.codebook = nn.Parameter(cb)                                    # (K, D)
         self.log_scale = nn.Parameter(torch.from_numpy(np.log(rs).astype(np.float32)))
@@ -304,6 +335,16 @@ class _CodebookLinear(QuantLinear):
         return fields, rs, cs
 
 
+def _latents_with_signs(targets: np.ndarray, negative: np.ndarray) -> torch.Tensor:
+    """float32 sign latents from the sweep's float64 weights, with sign(latent)
+    exactly the exported sign bit: a negative weight that float32 rounds to -0
+    (which SignSTE reads as +) becomes the smallest negative float32."""
+    t = np.asarray(targets, np.float32)
+    neg = np.asarray(negative, bool)
+    t = np.where(neg, np.minimum(t, -np.finfo(np.float32).tiny), np.maximum(t, 0.0))
+    return torch.from_numpy(t.astype(np.float32))
+
+
 class VQLinear(_CodebookLinear):
     method = "vq"
     signed = True
@@ -320,19 +361,24 @@ class SSVQLinear(_CodebookLinear):
     method = "ssvq"
     signed = False
 
-    def __init__(self, linear: nn.Linear, spec: QuantSpec, name: str):
-        super().__init__(linear, spec, name)
+    def __init__(self, linear: nn.Linear, spec: QuantSpec, name: str,
+                 gram: np.ndarray | None = None):
+        super().__init__(linear, spec, name, gram)
         w = linear.weight.detach().float()
-        rms = w.pow(2).mean(dim=1, keepdim=True).sqrt()
-        rms = torch.where(rms > 0, rms, torch.ones_like(rms))
-        self.latent = nn.Parameter(w / rms)
+        if self.init_targets is None:
+            rms = w.pow(2).mean(dim=1, keepdim=True).sqrt()
+            rms = torch.where(rms > 0, rms, torch.ones_like(rms))
+            lat = w / rms
+        else:
+            lat = _latents_with_signs(self.init_targets, self.init_negative)
+        self.latent = nn.Parameter(lat)
         neg = self.latent.detach() < 0
         self.register_buffer("frozen", torch.zeros_like(neg))
         self.register_buffer("frozen_sign", torch.ones_like(w))
         self.register_buffer("frozen_latent", torch.zeros_like(w))
         self.register_buffer("prev_neg", neg.clone())
         self.register_buffer("flips", torch.zeros(w.shape, dtype=torch.int32))
-        self.register_buffer("init_neg", neg.clone())       # the float weights' signs
+        self.register_buffer("init_neg", w < 0)             # the float weights' signs
 
     def signs(self) -> torch.Tensor:
         s = SignSTE.apply(self.latent, self.spec.ste_clip)
@@ -448,12 +494,18 @@ class QuantizedModel(nn.Module):
     (None = keep float)}, or a function (name, linear) -> QuantSpec | None
     taking precedence over everything. layers: only these names (default: all
     nn.Linear). skip_below: keep layers with fewer weights in float.
+    calibration: what layers with init="gptq" start from: {name: (n, cols)
+    inputs} or a function run(model) whose forward passes through the float
+    model are hooked (compress.calib.capture_gram, every input row counted);
+    only used (and run) when some layer's spec has init="gptq".
     """
 
     def __init__(self, model: nn.Module, spec: QuantSpec = QuantSpec(), *,
                  layers: Iterable[str] | None = None,
                  overrides: dict[str, SpecLike] | SpecFn | None = None,
-                 skip_below: int = 0, inplace: bool = False, progress=None):
+                 skip_below: int = 0, inplace: bool = False, progress=None,
+                 calibration: dict[str, np.ndarray] | Callable[[nn.Module], object]
+                 | None = None):
         super().__init__()
         self.model = model if inplace else copy.deepcopy(model)
         want = None if layers is None else list(layers)
@@ -465,6 +517,7 @@ class QuantizedModel(nn.Module):
                                  f"(found {list(linears)[:8]}...)")
         self._q: dict[str, QuantLinear] = {}
         self.skipped: list[str] = []
+        chosen = {}
         for name, lin in linears.items():
             if want is not None and name not in want:
                 continue
@@ -476,16 +529,51 @@ class QuantizedModel(nn.Module):
                 s = spec if lin.weight.numel() >= skip_below else None
             if s is None:
                 self.skipped.append(name)
-                continue
+            else:
+                chosen[name] = s
+        grams = self._grams(linears, chosen, calibration, progress)
+        for name, s in chosen.items():
+            lin = linears[name]
             t = time.perf_counter()
-            q = s.layer_class()(lin, s, name)
+            q = s.layer_class()(lin, s, name, **({"gram": grams[name]} if name in grams else {}))
             _set_submodule(self.model, name, q)
             self._q[name] = q
             if progress:
+                errs = getattr(q, "init_errors", None)
+                extra = (" relative output error " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                               errs.items())) if errs else ""
                 progress(f"  init {name} {lin.out_features}x{lin.in_features} {s.method} "
-                         f"({time.perf_counter() - t:.2f}s)")
+                         f"({time.perf_counter() - t:.2f}s){extra}")
         self.global_step = 0
         self.history: list[dict] = []
+
+    def _grams(self, linears: dict, chosen: dict, calibration, progress) -> dict:
+        """X^T X of the inputs of every layer whose spec has init="gptq" (taken
+        from the float model, before any layer is replaced)."""
+        need = [n for n, s in chosen.items() if getattr(s, "init", "kmeans") == "gptq"]
+        if not need:
+            return {}
+        if calibration is None:
+            raise ConfigError(f"layer {need[0]}: init 'gptq' needs calibration inputs "
+                              f"(QuantizedModel(..., calibration=...))")
+        t = time.perf_counter()
+        if callable(calibration):
+            grams = capture_gram(self.model, {n: linears[n] for n in need},
+                                 lambda: calibration(self.model))
+        else:
+            grams = {}
+            for n in need:
+                if n in calibration:
+                    x = np.asarray(calibration[n], np.float64)
+                    x = x.reshape(-1, x.shape[-1])
+                    grams[n] = x.T @ x
+        missing = [n for n in need if n not in grams]
+        if missing:
+            raise ConfigError(f"layer {missing[0]}: init 'gptq' needs calibration inputs; "
+                              f"the calibration gave none for it")
+        if progress:
+            progress(f"  input statistics of {len(need)} layers ({time.perf_counter() - t:.1f}s)")
+        return grams
 
     # -------- access
     @property

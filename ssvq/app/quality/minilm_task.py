@@ -70,6 +70,14 @@ class MiniLMTask:
                 outs.append(self.pool(h, enc["attention_mask"]))
         return torch.cat(outs)
 
+    def calibration_run(self, sentences: list[str], bs: int = 16):
+        """A function model -> embeddings of `sentences` for calibration hooks
+        (QuantizedModel(calibration=...)): sorted by token length and run `bs`
+        at a time, so few padding tokens enter the layers' input statistics."""
+        order = np.argsort(self.lengths(sentences), kind="stable")
+        ordered = [sentences[i] for i in order]
+        return lambda model: self.embed(model, ordered, bs=bs)
+
     def teacher(self, sentences: list[str]) -> torch.Tensor:
         miss = [s for s in sentences if s not in self._teacher_cache]
         if miss:
