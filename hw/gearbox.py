@@ -45,8 +45,10 @@ class Gearbox(wiring.Component):
         wptr = Signal(range(words))
         rptr = Signal(range(self.size))
         accept = Signal()
+        room = Signal(init=1)
+        m.d.sync += room.eq(self.level <= self.cap - 2 * bus)
         m.d.comb += [
-            self.i_ready.eq(self.i_allow & (self.level <= self.cap - bus)),
+            self.i_ready.eq(self.i_allow & room),
             accept.eq(self.i_valid & self.i_ready),
         ]
         with m.If(accept):

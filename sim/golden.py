@@ -51,6 +51,7 @@ def _timing(cfg: AccelConfig, lc: LayerConfig, rows: int, cols: int) -> Timing:
 
     counters = {c: 0 for c in COUNTERS}
     level = 0
+    prev_level = 0         # the input's room test looks at the level a cycle late
     in_phase, in_left = "header", geo.beats["header"]
     phase, left, bitpos, dcnt = "idle", 1, 0, 0
     takes = np.zeros(rows * g, np.int64)     # take cycle of every weight group
@@ -59,7 +60,7 @@ def _timing(cfg: AccelConfig, lc: LayerConfig, rows: int, cols: int) -> Timing:
     n = 0
     while True:
         # ---- combinational: input accept, record take
-        accept = in_phase not in ("wait", "done") and level + bus <= cap
+        accept = in_phase not in ("wait", "done") and prev_level + 2 * bus <= cap
         take = phase in width and level >= width[phase]
         consume = 0
         last = phase == "idle" or left == 1
@@ -102,6 +103,7 @@ def _timing(cfg: AccelConfig, lc: LayerConfig, rows: int, cols: int) -> Timing:
                         phase, left = order[i], records[order[i]]
                     else:
                         break
+        prev_level = level
         level += (bus if accept else 0) - consume
         n += 1
     per = bus // 8

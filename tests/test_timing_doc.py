@@ -37,6 +37,7 @@ def doc_timing(cfg, lc, rows, cols):
     group_cycle = {}
 
     level = 0
+    prev_level = 0         # level(n-1): level(-1) = 0
     # input side
     in_state, in_count = "HEADER", 0
     # consumer
@@ -49,7 +50,7 @@ def doc_timing(cfg, lc, rows, cols):
         accepted = 0
         next_in_state, next_in_count = in_state, in_count
         if in_state == "HEADER" or in_state in LOAD_SECTIONS:
-            if level + bus <= cap:
+            if prev_level + 2 * bus <= cap:
                 accepted = 1
                 want = header_beats if in_state == "HEADER" else beats[in_state]
                 next_in_count = in_count + 1
@@ -89,6 +90,7 @@ def doc_timing(cfg, lc, rows, cols):
                         i = sections.index(sec)
                         nc_state = sections[i + 1] if i + 1 < len(sections) else "DRAIN"
         # ---- gearbox
+        prev_level = level
         level = level - consumed + bus * accepted
         assert 0 <= level <= cap
         in_state, in_count = next_in_state, next_in_count
