@@ -28,8 +28,17 @@ class OutputPacker(wiring.Component):
         m = Module()
         o = self.o_stream
         o_last = self.o_last
-        m.d.comb += [self.en.eq(~(o.valid & ~o.ready)),
-                     self.layer_done.eq(o.valid & o.ready & o_last)]
+        # Output register plus one skid register. The pipeline enable is the skid being
+        # empty, a flip-flop: output ready reaches no pipeline register in the same cycle
+        # (it would fan out to every one of them). When a beat waits, the pipeline runs
+        # one more cycle and a beat it completes then goes to the skid; the freeze
+        # starts the cycle after. With a ready sink the skid stays empty.
+        skid = Signal(bus)
+        skid_valid = Signal()
+        skid_last = Signal()
+        accepted = Signal()
+        m.d.comb += [self.en.eq(~skid_valid), accepted.eq(o.valid & o.ready),
+                     self.layer_done.eq(accepted & o_last)]
         # saturation in a stage of its own (two 60-bit compares)
         y = Signal(signed(OUT_BITS))
         valid, lastrow = Signal(), Signal()
@@ -45,12 +54,21 @@ class OutputPacker(wiring.Component):
             for i in range(per):
                 with m.Case(i):
                     m.d.comb += packed.word_select(i, OUT_BITS).eq(y)
-        with m.If(o.valid & o.ready):
+        emit = Signal()
+        m.d.comb += emit.eq(self.en & valid & ((idx == per - 1) | lastrow))
+        with m.If(accepted):
             m.d.sync += o.valid.eq(0)
+            with m.If(skid_valid):          # the skid's beat moves up
+                m.d.sync += [o.valid.eq(1), o.payload.eq(skid), o_last.eq(skid_last),
+                             skid_valid.eq(0)]
+        with m.If(emit):
+            with m.If(~o.valid | accepted):
+                m.d.sync += [o.valid.eq(1), o.payload.eq(packed), o_last.eq(lastrow)]
+            with m.Else():
+                m.d.sync += [skid_valid.eq(1), skid.eq(packed), skid_last.eq(lastrow)]
         with m.If(self.en & valid):
             with m.If((idx == per - 1) | lastrow):
-                m.d.sync += [o.valid.eq(1), o.payload.eq(packed), o_last.eq(lastrow),
-                             pack.eq(0), idx.eq(0)]
+                m.d.sync += [pack.eq(0), idx.eq(0)]
             with m.Else():
                 m.d.sync += [pack.eq(packed), idx.eq(idx + 1)]
         with m.If(self.start):

@@ -61,22 +61,22 @@ VARIANTS = {
     # the output valid register clears whenever valid, accepted or not: a waiting beat
     # is withdrawn (lost). Fails `o_valid_held` (handshake) at the first waiting beat.
     "drop-valid": ("ssvq_accel.core.packer",
-                   "  assign \\$8  = o_stream__valid & o_stream__ready;\n",
-                   "  assign \\$8  = o_stream__valid;\n",
+                   "  assign accepted = o_stream__valid & o_stream__ready;\n",
+                   "  assign accepted = o_stream__valid;\n",
                    "output valid drops while back-pressured"),
-    # the pipeline enable ignores back-pressure: the packer overwrites a waiting beat
-    # with the next one. Meant to fail `o_payload_stable`, but that needs a second beat
-    # (a layer of 9+ rows, first beat at step ~37): NOT caught by the depth-30 BMC;
-    # not exercised by the tests.
+    # the pipeline enable ignores back-pressure: the packer overwrites the skid beat
+    # with the next one. Meant to fail the sequence check (a lost beat), but that needs
+    # a third beat while two wait: NOT caught by the handshake BMC; not exercised by
+    # the tests.
     "no-freeze": ("ssvq_accel.core.packer",
-                  "  assign en = ~ \\$2 ;\n",
+                  "  assign en = ~ skid_valid;\n",
                   "  assign en = 1'h1;\n",
                   "pipeline not frozen by output back-pressure"),
     # one pipeline stage (the MAC's output valid) ignores the enable: a row inside the
     # frozen pipeline moves on and reaches the packer while it cannot take it, and is
-    # lost. The output handshake stays legal (handshake BMC passes at depth 30); the
-    # sequence check should fail `all_beats` (beat 2 never comes) at step ~47, but its
-    # BMC did not get past step 33 in 4 minutes: NOT shown to be caught.
+    # lost. The output handshake stays legal (handshake BMC passes); the sequence check
+    # should fail `all_beats` (beat 2 never comes), but its BMC did not reach that
+    # depth in 4 minutes: NOT shown to be caught.
     "mac-valid-no-freeze": ("ssvq_accel.core.mac", None, None,
                             "MAC output valid not frozen by output back-pressure"),
 }
