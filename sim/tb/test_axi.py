@@ -97,6 +97,14 @@ class Bench:
         await ClockCycles(self.dut.clk, 2)
 
 
+def unpause(b: "Bench"):
+    """No pauses on either stream. (cocotbext-axi's clear_pause_generator leaves
+    `pause` at the generator's last value: a sink could stay paused for good.)"""
+    for port in (b.src, b.sink):
+        port.clear_pause_generator()
+        port.pause = False
+
+
 async def run_layer(b: Bench, spec: dict, paused: bool, seed: int) -> dict:
     cfg, dut = b.cfg, b.dut
     from cocotbext.axi import AxiStreamFrame
@@ -106,8 +114,7 @@ async def run_layer(b: Bench, spec: dict, paused: bool, seed: int) -> dict:
         b.src.set_pause_generator(pauses(f"{seed}:{name}:in", 0.3))
         b.sink.set_pause_generator(pauses(f"{seed}:{name}:out", 0.3))
     else:
-        b.src.clear_pause_generator()
-        b.sink.clear_pause_generator()
+        unpause(b)
     layers0 = await b.rd("LAYERS")
     data = load_bytes(spec["beats"], cfg.bus)
     await b.src.send(AxiStreamFrame(data))
@@ -164,8 +171,7 @@ async def bad_stream(b: Bench, bad: dict, good: dict) -> list[str]:
     from cocotbext.axi import AxiStreamFrame
     dut, cfg = b.dut, b.cfg
     b.problems = []
-    b.src.clear_pause_generator()
-    b.sink.clear_pause_generator()
+    unpause(b)
     await b.wr("IRQ_ENABLE", 0b10)               # error interrupt only
     data = load_bytes(bad["beats"], cfg.bus)
     frames = bad.get("frames") or [len(data) // (cfg.bus // 8)]
