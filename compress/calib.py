@@ -76,21 +76,7 @@ def capture_inputs(root, modules: dict, run: Callable[[], object],
             counts[name] += len(x)
         return hook
 
-    handles = [mod.register_forward_hook(make(n)) for n, mod in modules.items()]
-    threads = torch.get_num_threads()
-    was_training = root.training
-    try:
-        # the forwards are small: one thread is as fast and does not collapse when
-        # the machine is shared
-        torch.set_num_threads(1)
-        root.eval()
-        with torch.no_grad():
-            run()
-    finally:
-        root.train(was_training)
-        torch.set_num_threads(threads)
-        for h in handles:
-            h.remove()
+    _run_hooked(root, modules, make, run)
     return {n: np.ascontiguousarray(np.concatenate(v), dtype=np.float32)
             for n, v in got.items() if v}
 
@@ -111,10 +97,20 @@ def capture_gram(root, modules: dict, run: Callable[[], object]) -> dict[str, np
             got[name] = got[name] + g if name in got else g
         return hook
 
+    _run_hooked(root, modules, make, run)
+    return {n: g.numpy() for n, g in got.items()}
+
+
+def _run_hooked(root, modules: dict, make: Callable, run: Callable[[], object]):
+    """run() in eval mode, no grad, one torch thread, with the forward hook make(name)
+    on each of `modules`; restores the mode, the thread count and removes the hooks."""
+    import torch
     handles = [mod.register_forward_hook(make(n)) for n, mod in modules.items()]
     threads = torch.get_num_threads()
     was_training = root.training
     try:
+        # the forwards are small: one thread is as fast and does not collapse when
+        # the machine is shared
         torch.set_num_threads(1)
         root.eval()
         with torch.no_grad():
@@ -124,7 +120,6 @@ def capture_gram(root, modules: dict, run: Callable[[], object]) -> dict[str, np
         torch.set_num_threads(threads)
         for h in handles:
             h.remove()
-    return {n: g.numpy() for n, g in got.items()}
 
 
 # ------------------------------------------------------------------ files
