@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from compress.intlinear import IntegerLinear, exact_dtype, integer_model
+from compress.calib import act_params
 from compress.quantize import float_outputs, quantize_act, quantize_layer
 from compress.run import low_rank_pair
 from ssvq.config import LayerConfig
@@ -53,7 +54,7 @@ def test_integer_forward_equals_the_reference_bit_for_bit(config):
     x = _inputs(img.cols)
     lin = IntegerLinear(img)
     a_t = lin.quantize(torch.from_numpy(x))
-    a = quantize_act(x, img.scales["act_scale"])
+    a = quantize_act(x, *act_params(img.scales))
     assert (a_t.numpy() == a).all()
     y = lin.integer(a_t).numpy()
     ref = outputs(img, a)
@@ -158,7 +159,7 @@ def test_a_low_rank_pair_hands_int8_outputs_over_directly():
     with torch.no_grad():
         got = im.fc(torch.from_numpy(x)).numpy()
     bimg, aimg = pair
-    y = outputs(aimg, outputs(bimg, quantize_act(x, bimg.scales["act_scale"])))
+    y = outputs(aimg, outputs(bimg, quantize_act(x, *act_params(bimg.scales))))
     assert (got == (y.astype(np.float64) * aimg.scales["out_scale"]).astype(np.float32)).all()
 
 
