@@ -8,9 +8,11 @@ builds every image with it, compress.intlinear and the host side quantize with
 * input: int8 a = clip(rint(x / act_scale) + act_zero, -128, 127), the real value
   (a - act_zero) * act_scale. The zero point costs the accelerator nothing: the
   image's bias absorbs -act_zero * sum_c W_int[r, c] exactly (compress.quantize).
-  The range [lo, hi] = r * [min(0, min x), max(0, max x)] over all calibration rows,
-  act_scale = (hi - lo) / 255, act_zero = rint(-128 - lo / act_scale); r is the
-  candidate of CLIP_RATIOS (1 down to 1/16, 9% apart) with the least
+  The range is the data's, [m, M] = [min(0, min x), max(0, max x)] over all
+  calibration rows, clipped at +-c: [lo, hi] = [max(m, -c), min(M, c)],
+  act_scale = (hi - lo) / 255, act_zero = rint(-128 - lo / act_scale), so that a
+  side the data does not reach costs no grid steps; c = r * max(-m, M) with r the
+  candidate of CLIP_RATIOS (1 down to 1/32, 9% apart) with the least
   row-normalised output error
       sum_r  mean_t ((Q(x) - x) W^T)[t, r]^2  /  mean_t (x W^T)[t, r]^2
   on the search rows (every ceil(n / SEARCH_ROWS)-th calibration row), W the
@@ -65,7 +67,7 @@ from ssvq.errors import UserError
 MAX_ROWS = 4096          # calibration vectors kept per layer (the first ones)
 SUFFIXES = (".npz", ".safetensors", ".pt2")
 ACT_MIN, ACT_MAX = -128, 127
-CLIP_RATIOS = 2.0 ** (-np.arange(33) / 8)    # 1 .. 1/16, each 2**(1/8) below the last
+CLIP_RATIOS = 2.0 ** (-np.arange(41) / 8)    # 1 .. 1/32, each 2**(1/8) below the last
 SEARCH_ROWS = 512        # calibration rows the input-range search evaluates (module doc)
 
 
@@ -112,13 +114,15 @@ def search_rows(x: np.ndarray) -> np.ndarray:
 def act_candidates(x: np.ndarray) -> list[tuple[float, int]]:
     """(act_scale, act_zero) for every CLIP_RATIOS entry (module doc); [(1.0, 0)]
     for all-zero inputs."""
-    lo, hi = min(0.0, float(np.min(x))), max(0.0, float(np.max(x)))
-    if hi == lo:
+    m, big = min(0.0, float(np.min(x))), max(0.0, float(np.max(x)))
+    if big == m:
         return [(1.0, 0)]
     out = []
     for r in CLIP_RATIOS:
-        s = float(r) * (hi - lo) / 255.0
-        out.append((s, int(np.clip(np.rint(-128.0 - float(r) * lo / s), ACT_MIN, ACT_MAX))))
+        c = float(r) * max(-m, big)
+        lo, hi = max(m, -c), min(big, c)
+        s = (hi - lo) / 255.0
+        out.append((s, int(np.clip(np.rint(-128.0 - lo / s), ACT_MIN, ACT_MAX))))
     return out
 
 
