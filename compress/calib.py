@@ -32,6 +32,11 @@ builds every image with it, compress.intlinear and the host side quantize with
   another layer's activations (a low-rank factor B, `input_from`) needs one
   scale: `layer_out_scale`, the CLIP_RATIOS clip of max|y| with the least MSE.
 
+Measured, MiniLM int8 on the 576 held-out sentences of `ssvq quality` (mean cosine
+to fp32; 0.9996 with float activations): 99.9th percentiles for input and output
+(one scale each) 0.927; the input search without a zero point 0.977 and with it
+0.980 (per-layer output scales); with per-row output scales 0.990 and 0.993.
+
 Inputs:
 
 * `capture_inputs`: forward hooks on the layers of a runnable nn.Module (MiniLM,
@@ -138,13 +143,12 @@ def choose_act(x: np.ndarray, w: np.ndarray) -> tuple[float, int]:
     wt = np.ascontiguousarray(np.asarray(w, np.float32).T)
     # float32 products (the search only ranks candidates), the error formed as
     # (Q(x) - x) W^T so that it does not cancel against the signal
-    power = (((xs.astype(np.float32) @ wt).astype(np.float64)) ** 2).mean(0)
+    power = np.square(xs.astype(np.float32) @ wt).mean(axis=0, dtype=np.float64)
     weight = np.divide(1.0, power, out=np.zeros_like(power), where=power > 0)
     errs = []
     for s, z in cands:
         d = ((quantize_act(xs, s, z).astype(np.float64) - z) * s - xs).astype(np.float32)
-        e = (d @ wt).astype(np.float64)
-        errs.append(float((e * e).mean(0) @ weight))
+        errs.append(float(np.square(d @ wt).mean(axis=0, dtype=np.float64) @ weight))
     return cands[int(np.argmin(errs))]
 
 
