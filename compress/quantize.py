@@ -573,7 +573,10 @@ def image_from_fields(name: str, config: LayerConfig, fields: dict, row_scale, c
         typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
         img.act = quantize_act(x[typical], act_scale, act_zero)
     else:       # the int8 values the source layer hands over, at its output scale
-        act_scale, act_zero = float(np.asarray(source.scales["out_scale"])), 0
+        if np.ndim(source.scales["out_scale"]) != 0:
+            raise ValueError(f"layer {name}: its source {source.name} has one output scale "
+                             f"per row; a source needs one (out_per_row=False)")
+        act_scale, act_zero = float(source.scales["out_scale"]), 0
         img.act = outputs(source)
     img.scales.update(act_scale=float(act_scale), act_zero=int(act_zero))
     # output scales from the compressed layer's own output on the calibration set

@@ -191,6 +191,16 @@ def test_a_low_rank_pair_hands_int8_outputs_over_directly():
     assert (got == (y.astype(np.float64) * aimg.scales["out_scale"]).astype(np.float32)).all()
 
 
+def test_a_source_with_per_row_output_scales_is_refused():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 16)).astype(np.float32)
+    b = quantize_layer("b", rng.standard_normal((8, 16)).astype(np.float32), None, x,
+                       LayerConfig.parse("int8"))
+    with pytest.raises(ValueError, match="one output scale per row"):
+        quantize_layer("a", rng.standard_normal((4, 8)).astype(np.float32), None,
+                       float_outputs(b, x), LayerConfig.parse("int8"), source=b)
+
+
 def test_a_missing_or_misshapen_module_is_refused():
     img = _layer("int8", rows=24, cols=70)
     with pytest.raises(ValueError, match="no module 'fc'"):
