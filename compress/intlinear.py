@@ -2,13 +2,16 @@
 over tokens: what a model computes when every compressed layer runs on the
 accelerator (the golden model the RTL equals), not fake quantization.
 
-Per layer image (ssvq.reference states the rule, compress.quantize defines the
+Per layer image (ssvq.reference states the rule, compress.calib defines the
 scales from calibration):
 
-    a   = clip(rint(x / act_scale), -128, 127)          quantize_act, int8
-    acc = a @ W_int.T                                    exact integers
-    y   = requantize(acc, bias, mult, shift)             int8
-    out = y * out_scale
+    a   = clip(rint(x / act_scale) + act_zero, -128, 127)   quantize_act, int8
+    acc = a @ W_int.T                                        exact integers
+    y   = requantize(acc, bias, mult, shift)                 int8
+    out = y * out_scale                                      one scale, or one per row
+
+(the bias holds -act_zero * sum_c W_int[r, c], so the zero point needs nothing
+here beyond the quantizer)
 
 Everything runs in float arithmetic because it is exact here, and float
 kernels vectorise where int64 multiplies do not (4-9x faster on MiniLM's
@@ -33,10 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.calib import ACT_MAX, ACT_MIN, act_params
 from ssvq.image import LayerImage
 from ssvq.reference import weight_matrix
 
-ACT_MIN, ACT_MAX = -128, 127
 EXACT = ((torch.float32, 1 << 24), (torch.float64, 1 << 53))
 
 
@@ -63,8 +66,7 @@ class IntegerLinear(nn.Module):
         self.name = img.name
         self.in_features, self.out_features = img.cols, img.rows
         self.acc_dtype = exact_dtype(w)
-        self.act_scale = float(np.asarray(img.scales["act_scale"]))
-        self.out_scale = float(np.asarray(img.scales["out_scale"]))
+        self.act_scale, self.act_zero = act_params(img.scales)
         bias = np.asarray(img.bias, np.int64)
         mult = np.asarray(img.mult, np.int64)
         shift = np.asarray(img.shift, np.int64)
@@ -75,16 +77,19 @@ class IntegerLinear(nn.Module):
                              f"reach {p_max}, beyond exact float64 (2**53)")
         wt = torch.from_numpy(np.ascontiguousarray(w.T)).to(self.acc_dtype)
         self.register_buffer("wt", wt)
+        # () or (rows,): broadcasts over the last dimension of the outputs
+        self.register_buffer("out_scale", torch.from_numpy(
+            np.array(img.scales["out_scale"], np.float64)))
         self.register_buffer("bias_f", torch.from_numpy(bias.astype(np.float64)))
         # mult * 2**-shift: a 16-bit integer times a power of two, exact in float64
         self.register_buffer("scale_f", torch.from_numpy(np.ldexp(mult.astype(np.float64),
                                                                   -shift)))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """compress.quantize.quantize_act in torch (float64 divide, half-to-even
-        round, clip), as exact integers in the accumulation dtype."""
+        """compress.calib.quantize_act in torch (float64 divide, half-to-even
+        round, zero point, clip), as exact integers in the accumulation dtype."""
         a = x.to(torch.float64)
-        a.div_(self.act_scale).round_().clamp_(ACT_MIN, ACT_MAX)
+        a.div_(self.act_scale).round_().add_(self.act_zero).clamp_(ACT_MIN, ACT_MAX)
         return a.to(self.acc_dtype)
 
     def requantize(self, acc: torch.Tensor) -> torch.Tensor:

@@ -42,16 +42,17 @@ multiplier.
 For every codebook mode the per-row scale is then refit by least squares
 (row_scale = <w_r, q_r> / (cb_scale * <q_r, q_r>)); it costs nothing in the stream.
 
-Requantization (ssvq.reference.requantize): act_scale = p99.9(|calib_x|) / 127 and the
-int8 input is clip(round(x / act_scale)); out_scale = p99.9(|y|) / 127 over the
-calibration set, y being the output of the compressed layer (int8-quantized input,
-dequantized weights, integer bias). The 99.9th percentile rather than the maximum
-because transformer activations carry a few outlier channels (MiniLM: 98% zero
-outputs in a layer with max scaling); the outliers saturate instead. The activation
-streamed with the layer is the calibration token of median norm. The real multiplier
-row_scale*cb_scale*act_scale/out_scale is mult * 2**-shift with mult a uint16
+Requantization (ssvq.reference.requantize): the input (act_scale, act_zero) and the
+per-row output scales come from the calibration rule of compress.calib (its module
+doc: the input range searched for the least row-normalised output error, with a zero
+point; per-row output scales, one for a layer feeding another). The int8 input is
+compress.calib.quantize_act(x, act_scale, act_zero); the output y the compressed
+layer computes on it (dequantized weights, integer bias). The activation streamed
+with the layer is the calibration token of median norm. The real multiplier
+row_scale*cb_scale*act_scale/out_scale[r] is mult * 2**-shift with mult a uint16
 normalised into [2**15, 2**16) and shift in 1..63; bias_int = round(b / (row_scale *
-cb_scale * act_scale)) clipped to int32.
+cb_scale * act_scale)) - act_zero * sum_c W_int[r, c] (the zero point folded in,
+exactly), clipped to int32.
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ import contextlib
 
 import numpy as np
 
+from compress.calib import (act_params, choose_act, layer_out_scale, out_scales_per_row,
+                           quantize_act)
 from ssvq.config import ROW_SCALE_BITS, AccelConfig, LayerConfig
 from ssvq.errors import ConfigError
 from ssvq.image import LayerImage
@@ -66,7 +69,6 @@ from ssvq.reference import outputs, weight_matrix
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 GAIN_SHAPE_ITERS = 8      # Lloyd steps of the float gain-shape stages (additive with coefficients)
-CLIP_PERCENTILE = 99.9  # activation and output scales; see the module docstring
 
 
 # ------------------------------------------------------------------ k-means
@@ -149,20 +151,18 @@ def mult_shift(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mult.astype(np.uint16), shift.astype(np.uint8)
 
 
-def requantize_params(row_scale, cb_scale, act_scale, out_scale, bias):
-    """(bias int32, mult uint16, shift uint8) for each row."""
+def requantize_params(row_scale, cb_scale, act_scale, out_scale, bias, w_int=None,
+                      act_zero: int = 0):
+    """(bias int32, mult uint16, shift uint8) for each row; out_scale one value or
+    one per row. With act_zero, w_int (the integer weights) folds the zero point
+    into the bias: -act_zero * sum_c w_int[r, c]."""
     unit = np.asarray(row_scale, np.float64) * float(cb_scale) * float(act_scale)
-    mult, shift = mult_shift(unit / float(out_scale))
-    if bias is None:
-        b = np.zeros(len(unit), np.int32)
-    else:
-        b = np.clip(np.rint(np.asarray(bias, np.float64) / unit), INT32_MIN, INT32_MAX)
-        b = b.astype(np.int32)
-    return b, mult, shift
-
-
-def quantize_act(x: np.ndarray, act_scale: float) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(x, np.float64) / act_scale), -128, 127).astype(np.int8)
+    mult, shift = mult_shift(unit / np.asarray(out_scale, np.float64))
+    b = np.zeros(len(unit), np.int64) if bias is None else \
+        np.rint(np.asarray(bias, np.float64) / unit).clip(INT32_MIN, INT32_MAX).astype(np.int64)
+    if act_zero:
+        b = b - int(act_zero) * np.asarray(w_int, np.int64).sum(axis=1)
+    return np.clip(b, INT32_MIN, INT32_MAX).astype(np.int32), mult, shift
 
 
 # ------------------------------------------------------------------ int-b
@@ -529,13 +529,14 @@ def _refit_coefs(w: np.ndarray, fields: dict, lc: LayerConfig, unit: np.ndarray)
 
 
 def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: np.ndarray,
-                   config: LayerConfig, seed: int = 0, source: LayerImage | None = None
-                   ) -> LayerImage:
+                   config: LayerConfig, seed: int = 0, source: LayerImage | None = None,
+                   out_per_row: bool = True) -> LayerImage:
     """Compresses one layer (w: rows = out x cols = in) into `config` (a LayerConfig
     or its name, e.g. "ssvq-k256-d8") with real calibration inputs calib_x (n, cols).
     With `source` (an earlier layer image) the layer is chained behind it: its input
     scale is the source's output scale and its activation vector the source's int8
-    outputs, so the two run back to back on the accelerator (`input_from`)."""
+    outputs, so the two run back to back on the accelerator (`input_from`).
+    out_per_row=False: one output scale (a layer that will be a source)."""
     w, bias, config = _check_layer(name, w, bias, config)
     cols = w.shape[1]
     x = np.asarray(calib_x, np.float32)
@@ -544,43 +545,49 @@ def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray | None, calib_x: n
     if x.ndim != 2 or x.shape[1] != cols or len(x) == 0:
         raise ValueError(f"layer {name}: calibration expected (n, {cols}), found {x.shape}")
     fields, row_scale, cb_scale = quantize_weights(w, config, seed, name)
-    return image_from_fields(name, config, fields, row_scale, cb_scale, bias, x, source)
+    return image_from_fields(name, config, fields, row_scale, cb_scale, bias, x, source,
+                             out_per_row)
 
 
 def image_from_fields(name: str, config: LayerConfig, fields: dict, row_scale, cb_scale: float,
                       bias: np.ndarray | None, calib_x: np.ndarray,
-                      source: LayerImage | None = None) -> LayerImage:
+                      source: LayerImage | None = None, out_per_row: bool = True
+                      ) -> LayerImage:
     """A LayerImage from integer weight fields (codebook/codes/coefs/signs or weights)
-    and their scales, with the requantization derived from calibration inputs
-    (module docstring). Post-training and trained compressors share it."""
+    and their scales, with the requantization derived from calibration inputs by
+    compress.calib's rule (module docstring). Post-training and trained compressors
+    share it. out_per_row=False: one output scale (the layer's int8 outputs will be
+    another layer's activations, `source` of the next)."""
     x = np.asarray(calib_x, np.float32)
     if x.ndim == 1:
         x = x[None]
     rows, cols = len(row_scale), x.shape[1]
     row_scale = np.asarray(row_scale, np.float64)
-    if source is None:
-        amax = float(np.percentile(np.abs(x), CLIP_PERCENTILE))
-        act_scale = amax / 127.0 if amax > 0 else 1.0
-        typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
-        act = quantize_act(x[typical], act_scale)
-    else:       # the int8 values the source layer hands over, at its output scale
-        act_scale, act = float(source.scales["out_scale"]), outputs(source)
     img = LayerImage(name=name, config=config, rows=rows, cols=cols, bias=None, mult=None,
-                     shift=None, act=act, **fields,
+                     shift=None, act=None, **fields,
                      input_from=None if source is None else source.name)
-    img.scales = {"row_scale": row_scale, "cb_scale": float(cb_scale),
-                  "act_scale": float(act_scale)}
-    # output scale from the compressed layer's own output on the calibration set
+    img.scales = {"row_scale": row_scale, "cb_scale": float(cb_scale)}
+    wdeq = dequantize(img)
+    if source is None:
+        act_scale, act_zero = choose_act(x, wdeq)
+        typical = int(np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2])
+        img.act = quantize_act(x[typical], act_scale, act_zero)
+    else:       # the int8 values the source layer hands over, at its output scale
+        if np.ndim(source.scales["out_scale"]) != 0:
+            raise ValueError(f"layer {name}: its source {source.name} has one output scale "
+                             f"per row; a source needs one (out_per_row=False)")
+        act_scale, act_zero = float(source.scales["out_scale"]), 0
+        img.act = outputs(source)
+    img.scales.update(act_scale=float(act_scale), act_zero=int(act_zero))
+    # output scales from the compressed layer's own output on the calibration set
     unit = row_scale * cb_scale * act_scale
-    bias_int = requantize_params(row_scale, cb_scale, act_scale, 1.0, bias)[0]
-    wdeq = dequantize(img).astype(np.float32)
-    xq = quantize_act(x, act_scale).astype(np.float32) * np.float32(act_scale)
-    y = (xq @ wdeq.T).astype(np.float64) + bias_int.astype(np.float64) * unit
-    ymax = float(np.percentile(np.abs(y), CLIP_PERCENTILE))
-    out_scale = ymax / 127.0 if ymax > 0 else 1.0
-    img.bias, img.mult, img.shift = requantize_params(row_scale, cb_scale, act_scale,
-                                                      out_scale, bias)
-    img.scales["out_scale"] = float(out_scale)
+    bias_q = requantize_params(row_scale, cb_scale, act_scale, 1.0, bias)[0]
+    xq = (quantize_act(x, act_scale, act_zero).astype(np.float64) - act_zero) * act_scale
+    y = (xq.astype(np.float32) @ wdeq.T).astype(np.float64) + bias_q.astype(np.float64) * unit
+    out_scale = out_scales_per_row(y) if out_per_row else layer_out_scale(y)
+    img.bias, img.mult, img.shift = requantize_params(
+        row_scale, cb_scale, act_scale, out_scale, bias, weight_matrix(img), act_zero)
+    img.scales["out_scale"] = out_scale
     return img
 
 
@@ -601,9 +608,10 @@ def relative_error(w: np.ndarray, img: LayerImage) -> float:
 
 def float_outputs(img: LayerImage, x: np.ndarray) -> np.ndarray:
     """The integer layer (ssvq.reference.outputs) on float inputs x (n, cols):
-    x quantized with the layer's act_scale, int8 outputs times out_scale."""
-    a = quantize_act(x, img.scales["act_scale"])
-    return outputs(img, a).astype(np.float64) * img.scales["out_scale"]
+    x quantized with the layer's act_scale and act_zero, int8 outputs times
+    out_scale (one value or one per row)."""
+    a = quantize_act(x, *act_params(img.scales))
+    return outputs(img, a).astype(np.float64) * np.asarray(img.scales["out_scale"], np.float64)
 
 
 # ------------------------------------------------------------------ size

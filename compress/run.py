@@ -139,7 +139,8 @@ def low_rank_pair(name: str, w: np.ndarray, bias, calib_x: np.ndarray, lc: Layer
     u, s, vt = np.linalg.svd(w, full_matrices=False)
     root = np.sqrt(s[:rank])
     wb, wa = (root[:, None] * vt[:rank]).astype(np.float32), (u[:, :rank] * root).astype(np.float32)
-    img_b = quantize_layer(f"{name}#B", wb, None, calib_x, lc, seed=seed)
+    # B's int8 outputs are A's activations, at one scale (A's act_scale)
+    img_b = quantize_layer(f"{name}#B", wb, None, calib_x, lc, seed=seed, out_per_row=False)
     img_a = quantize_layer(f"{name}#A", wa, bias, float_outputs(img_b, calib_x), lc,
                            seed=seed, source=img_b)
     approx = dequantize(img_a).astype(np.float64) @ dequantize(img_b).astype(np.float64)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from compress.intlinear import IntegerLinear, exact_dtype, integer_model
-from compress.quantize import float_outputs, quantize_act, quantize_layer
+from compress.calib import act_params
+from compress.quantize import dequantize, float_outputs, quantize_act, quantize_layer
 from compress.run import low_rank_pair
 from ssvq.config import LayerConfig
 from ssvq.image import LayerImage
@@ -53,7 +54,7 @@ def test_integer_forward_equals_the_reference_bit_for_bit(config):
     x = _inputs(img.cols)
     lin = IntegerLinear(img)
     a_t = lin.quantize(torch.from_numpy(x))
-    a = quantize_act(x, img.scales["act_scale"])
+    a = quantize_act(x, *act_params(img.scales))
     assert (a_t.numpy() == a).all()
     y = lin.integer(a_t).numpy()
     ref = outputs(img, a)
@@ -67,6 +68,34 @@ def test_integer_forward_equals_the_reference_bit_for_bit(config):
     # leading dimensions (batch, tokens, cols) as a transformer calls it
     f3 = lin(torch.from_numpy(x[:60].reshape(3, 20, -1)))
     assert (f3.reshape(60, -1) == f[:60]).all()
+
+
+@pytest.mark.parametrize("config", ["int8", "ssvq-k16-d8", "vq-k16-d4-m2-c4"])
+def test_a_zero_point_is_folded_into_the_bias(config):
+    """One-sided calibration inputs (as after a ReLU or GELU) get a zero point
+    far from 0: the integer forward still equals the reference bit for bit, and
+    its outputs are the float layer on the dequantized inputs (a - act_zero) *
+    act_scale, to within half of each row's output step (and the 16-bit mult's
+    relative error, at most 2**-16): the bias undoes the zero point exactly."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((24, 70)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    x = np.abs(rng.standard_normal((200, 70))).astype(np.float32) - 0.1
+    img = quantize_layer("fc", w, b, x, LayerConfig.parse(config))
+    s, z = act_params(img.scales)
+    assert z < -100
+    lin = IntegerLinear(img)
+    a = quantize_act(x, s, z)
+    assert (lin.quantize(torch.from_numpy(x)).numpy() == a).all()
+    y = lin.integer(torch.from_numpy(a.astype(np.float32))).numpy()
+    assert (y == outputs(img, a)).all()
+    assert list(y[7]) == _python_outputs(img, a[7])
+    unit = img.scales["row_scale"] * img.scales["cb_scale"] * s
+    real = (((a.astype(np.float64) - z) * s) @ dequantize(img).astype(np.float64).T
+            + np.rint(b / unit) * unit)
+    got = lin(torch.from_numpy(x)).numpy().astype(np.float64)
+    step = np.broadcast_to(img.scales["out_scale"], real.shape)
+    assert (np.abs(got - real) <= 0.5 * step + np.abs(real) * 2.0 ** -15).all()
 
 
 def _extreme_int8(cols):
@@ -158,8 +187,18 @@ def test_a_low_rank_pair_hands_int8_outputs_over_directly():
     with torch.no_grad():
         got = im.fc(torch.from_numpy(x)).numpy()
     bimg, aimg = pair
-    y = outputs(aimg, outputs(bimg, quantize_act(x, bimg.scales["act_scale"])))
+    y = outputs(aimg, outputs(bimg, quantize_act(x, *act_params(bimg.scales))))
     assert (got == (y.astype(np.float64) * aimg.scales["out_scale"]).astype(np.float32)).all()
+
+
+def test_a_source_with_per_row_output_scales_is_refused():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 16)).astype(np.float32)
+    b = quantize_layer("b", rng.standard_normal((8, 16)).astype(np.float32), None, x,
+                       LayerConfig.parse("int8"))
+    with pytest.raises(ValueError, match="one output scale per row"):
+        quantize_layer("a", rng.standard_normal((4, 8)).astype(np.float32), None,
+                       float_outputs(b, x), LayerConfig.parse("int8"), source=b)
 
 
 def test_a_missing_or_misshapen_module_is_refused():

@@ -12,8 +12,9 @@ from torch import nn
 
 torch.set_num_threads(1)
 
-from compress.calib import load_calibration  # noqa: E402
+from compress.calib import choose_act, load_calibration  # noqa: E402
 from compress.plan import CompressionPlan, plan_from_args  # noqa: E402
+from compress.quantize import dequantize  # noqa: E402
 from ssvq.app.cli import main  # noqa: E402
 from ssvq.config import LayerConfig  # noqa: E402
 from ssvq.errors import ConfigError, UserError  # noqa: E402
@@ -351,10 +352,11 @@ def test_cli_compress_with_calibration_file(tmp_path, capsys):
     s = read_images(out)
     cal = s.manifest["meta"]["calibration"]
     assert cal["source"] == "file" and cal["kind"] == "npz"
-    # act_scale follows the given activations (99.9th percentile of |x| / 127)
+    # act_scale follows the given activations (compress.calib's rule on them)
     img = s.layer("enc.fc")
-    assert img.scales["act_scale"] == pytest.approx(
-        np.percentile(np.abs(acts["enc.fc"]), 99.9) / 127, rel=1e-5)
+    want = choose_act(acts["enc.fc"], dequantize(img))
+    assert img.scales["act_scale"] == pytest.approx(want[0], rel=1e-6)
+    assert img.scales["act_zero"] == want[1]
     # a missing layer: exit 2, one line naming the file and the layer
     np.savez(tmp_path / "part.npz", **{k: v for k, v in acts.items() if k != "enc.out"})
     assert main(["compress", "--model", str(model), "--calib", str(tmp_path / "part.npz"),

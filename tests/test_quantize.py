@@ -7,6 +7,7 @@ import torch
 
 torch.set_num_threads(1)
 
+from compress.calib import act_params  # noqa: E402
 from compress.quantize import (dequantize, int_row_scale, kmeans, layer_bits,  # noqa: E402
                                mult_shift, quantize_act, quantize_layer, relative_error)
 from ssvq.config import AccelConfig, LayerConfig  # noqa: E402
@@ -229,7 +230,9 @@ def test_zero_row_and_no_bias(name):
     w[3] = 0
     img = quantize_layer("t", w, None, x, LC(name))
     validate_layer(img, _cfg(img.config))
-    assert (img.bias == 0).all()
+    # no bias but the input zero point's, -act_zero * sum_c W_int[r, c]
+    z = img.scales["act_zero"]
+    assert (img.bias == -z * weight_matrix(img).astype(np.int64).sum(axis=1)).all()
     if img.config.mode != "int" or img.config.bits > 1:
         assert (dequantize(img)[3] == 0).all()
     assert outputs(img)[3] == 0 or img.config.bits == 1
@@ -257,7 +260,7 @@ def test_outputs_by_hand_and_through_the_stream(name):
     img = quantize_layer("t", w, b, x, LC(name))
     cfg = _cfg(img.config)
     dec = unpack_layer(pack_layer(img, cfg)[0], cfg)
-    acts = quantize_act(x[1:40], img.scales["act_scale"])
+    acts = quantize_act(x[1:40], *act_params(img.scales))
     batch = outputs(img, acts)
     assert batch.shape == (39, ROWS) and batch.dtype == np.int8
     np.testing.assert_array_equal(outputs(dec, acts), batch)
@@ -273,7 +276,7 @@ def _float_vs_int(name, seed=8):
     w, b, x = _layer(seed)
     img = quantize_layer("t", w, b, x, LC(name))
     xs = x[:100]
-    yi = outputs(img, quantize_act(xs, img.scales["act_scale"])).astype(np.float64)
+    yi = outputs(img, quantize_act(xs, *act_params(img.scales))).astype(np.float64)
     yf = xs.astype(np.float64) @ w.T.astype(np.float64) + b
     return np.corrcoef((yi * img.scales["out_scale"]).ravel(), yf.ravel())[0, 1]
 
@@ -284,23 +287,34 @@ def test_integer_outputs_track_the_float_layer():
     assert _float_vs_int("ssvq-k16-d4-m2-c4") > 0.9
 
 
-def test_requantization_parameters():
+@pytest.mark.parametrize("skew", [0.0, 2.0])
+def test_requantization_parameters(skew):
+    """The image's requantization from its own scales, worked out here: the
+    zero point folded into the bias, per-row output scales from the calibration
+    outputs' maxima (compress.calib's rule chooses the scales; tests/test_calib_rule.py)."""
     w, b, x = _layer(9)
+    x = x + np.float32(skew) * np.abs(x)           # skew 2: one-sided, zero point far from 0
     img = quantize_layer("t", w, b, x, LC("ssvq-k16-d4"))
     sc = img.scales
-    act_scale = np.percentile(np.abs(x), 99.9) / 127
-    assert sc["act_scale"] == pytest.approx(act_scale, rel=1e-6)
+    s, z = sc["act_scale"], sc["act_zero"]
+    assert (z < -40) if skew else (abs(z) <= 10)
+    a = np.clip(np.rint(x.astype(np.float64) / s) + z, -128, 127)
     typical = np.argsort(np.linalg.norm(x, axis=1))[len(x) // 2]
-    np.testing.assert_array_equal(img.act, np.clip(np.rint(x[typical] / act_scale), -128, 127))
-    m = sc["row_scale"] * sc["cb_scale"] * sc["act_scale"] / sc["out_scale"]
+    np.testing.assert_array_equal(img.act, a[typical])
+    m = sc["row_scale"] * sc["cb_scale"] * s / sc["out_scale"]
     mult, shift = img.mult.astype(np.float64), img.shift.astype(np.int64)
     assert ((mult >= 2 ** 15) & (mult < 2 ** 16)).all() and ((shift >= 1) & (shift <= 63)).all()
     np.testing.assert_allclose(mult * 2.0 ** -shift, m, rtol=2 ** -15)
-    unit = sc["row_scale"] * sc["cb_scale"] * sc["act_scale"]
-    assert (np.abs(img.bias - b / unit) <= 0.5 + 1e-6).all()
-    # scales clip at the 99.9th percentile: about 0.1% of calibration outputs saturate
-    yq = outputs(img, quantize_act(x, sc["act_scale"]))
-    assert 0 < (np.abs(yq.astype(int)) >= 127).mean() < 0.01
+    unit = sc["row_scale"] * sc["cb_scale"] * s
+    wint = weight_matrix(img).astype(np.int64)
+    folded = img.bias.astype(np.int64) + z * wint.sum(axis=1)      # the bias before the fold
+    assert (np.abs(folded - b / unit) <= 0.5 + 1e-6).all()
+    # out_scale[r]: the largest |output| of row r on the calibration set / 127
+    y = ((a - z) * s) @ dequantize(img).astype(np.float64).T + np.rint(b / unit) * unit
+    np.testing.assert_allclose(sc["out_scale"], np.abs(y).max(axis=0) / 127, rtol=1e-5)
+    # so every row reaches the int8 range's end on calibration, and only there
+    yq = outputs(img, a.astype(np.int8)).astype(int)
+    assert set(np.abs(yq).max(axis=0)) <= {126, 127, 128}
 
 
 def test_mult_shift_edges():

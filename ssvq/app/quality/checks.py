@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.quantize import quantize_act
+from compress.calib import act_params, quantize_act
 from compress.run import accel_config_for
 from ssvq.app.quality.runtime import say
 from ssvq.image import pack_layer, unpack_layer
@@ -21,7 +21,7 @@ def check_images(imgs, calib: dict | None = None) -> bool:
         dec = unpack_layer(pack_layer(im, cfg)[0], cfg, im.name)
         acts = [im.act]
         if calib is not None and im.name in calib:
-            acts.append(quantize_act(calib[im.name][:64], im.scales["act_scale"]))
+            acts.append(quantize_act(calib[im.name][:64], *act_params(im.scales)))
         ok &= all(bool((outputs(dec, a) == outputs(im, a)).all()) for a in acts)
     return ok
 

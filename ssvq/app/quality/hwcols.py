@@ -3,8 +3,9 @@
 * int_mean_cosine (and int_min_cosine, int_pearson on MiniLM): the row's
   metric with every compressed Linear run through the accelerator's integer
   arithmetic end to end (compress.intlinear: int8 activations at the image's
-  calibrated act_scale, the integer MAC, the image's bias/mult/shift
-  requantization, int8 outputs times out_scale). The experiment measures it
+  calibrated act_scale and act_zero, the integer MAC, the image's bias/mult/shift
+  requantization, int8 outputs times out_scale, one per row; compress.calib's
+  rule chose them). The experiment measures it
   with its own metric function on `integer_forward(...)`'s model.
 * speedup_int8 / speedup_int4: whole-model cycles of the same layers as int8
   (int4) images over the row's cycles, every layer in its own configuration

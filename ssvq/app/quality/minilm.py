@@ -124,6 +124,25 @@ MINILM_PTQ = ["int8", "ssvq-k256-d8", "ssvq-k256-d8-gptq", "vq-k256-d4", "ssvq-k
               "int3"]
 
 
+CALIB_SENTENCES = 128
+
+
+def calibration_run(task: MiniLMTask, corpus: dict):
+    """run(model) for QuantizedModel.capture: CALIB_SENTENCES training sentences
+    spread evenly over the training corpus (so over its documents: the first 64
+    all came from the first few, matplotlib's docstrings), each through the model
+    on its own, so
+    that no padding token (whose activations the embedding never uses) enters
+    the calibration rows (compress.calib.MAX_ROWS of them are kept)."""
+    train = corpus["train"]
+    sentences = train[:: max(1, len(train) // CALIB_SENTENCES)][:CALIB_SENTENCES]
+
+    def run(m):
+        for s in sentences:
+            task.embed(m, [s])
+    return run
+
+
 def budget_split(plan: list[tuple[str, float]], budget_minutes: float) -> dict[str, float]:
     """--budget-minutes is the run's total training time: each trained row gets
     the part of it its share is of all the shares (MINILM_TRAIN: the default run's
@@ -183,8 +202,7 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         m.update({f"general_{k}": v for k, v in g.items()})
         return m
 
-    def calib_run(m):
-        task.embed(m, corpus["train"][:64])
+    calib_run = calibration_run(task, corpus)
 
     def hardware(qm, imgs) -> dict:
         """The accelerator's columns (ssvq.app.quality.hwcols) of exported images."""
@@ -348,7 +366,8 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
         "accelerator's integer arithmetic (compress.intlinear: int8 activations at the "
         "image's calibrated scale, the integer MAC, the image's bias/mult/shift "
         "requantization, int8 outputs times the output scale; calibration: the inputs of "
-        "64 training sentences). `speedup_int8` / `speedup_int4`: whole-model cycles of the "
+        f"{CALIB_SENTENCES} training sentences, one at a time (no padding), through "
+        "compress.calib's rule). `speedup_int8` / `speedup_int4`: whole-model cycles of the "
         "36 layers as int8 (int4) images over the row's cycles, each layer in its own "
         "configuration, on the default build (sim.cost, the RTL's cycle counter). "
         "`rtl_bit_exact`: the generated Verilog on Verilator, one layer per shape, against "
