@@ -15,6 +15,7 @@ from compress.train import SSVQ, VQ, QuantizedModel, QuantSpec, Uniform, fit
 from ssvq.app.quality.checks import check_images
 from ssvq.config import LayerConfig
 from ssvq.errors import ConfigError
+from tests.test_train import _Net   # the same odd-shaped three-layer net
 from ssvq.image import LayerImage, read_images
 from ssvq.reference import outputs, weight_matrix
 
@@ -178,20 +179,6 @@ def test_act_order_is_decreasing_block_energy():
     assert act_order(h, 2).tolist() == [2, 0, 1]
     with pytest.raises(ValueError, match="permutation"):
         gptq_assign(np.ones((2, 5)), h, np.ones((2, 2)), 2, False, order=[0, 0, 1])
-
-
-class _Net(nn.Module):
-    """Odd shapes: cols not multiples of D."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = nn.Linear(37, 45)
-        self.b = nn.Linear(45, 13)
-        self.c = nn.Linear(13, 5)
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
 def _inputs():
