@@ -4,10 +4,12 @@ Every section of a layer stream is a bit string of equal-width records that may
 straddle beats (docs/FORMAT.md). The gearbox holds the stream's next `level`
 bits; the consumer drops `consume` bits a cycle (a record, plus a section's
 padding after its last record) and sees the record it took on `head` LATENCY
-cycles later. A beat is accepted while `level + bus <= cap`, a test on registered
-state only, so input ready never depends on the output side in the same cycle.
-With cap >= widest record + 2*bus - 1 a consumer taking a record whenever one is
-there never makes the input wait when records are at least a beat wide.
+cycles later. A beat is accepted in cycle n while `level(n-1) + 2*bus <= cap`: a
+flag registered from the level of the cycle before (safe: at most one beat came in
+since), so input ready is a flip-flop, never depends on the output side, and the
+level compare is off the accept path. With cap = widest record + 2*bus a consumer
+taking a record whenever one is there still takes one beat a cycle when records are
+at least a beat wide (sim/golden.py; tests/test_cost.py).
 
 The bits sit in a ring of `size` bits (a power of two, at least cap), written a
 whole beat at a time at word `wptr` and read from bit `rptr`; rptr + level is
