@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "fields; missing ones take the defaults)")
     src.add_argument("--images", help="image folder: build what covers every layer in it")
     v.add_argument("--out", required=True)
+    v.add_argument("--target", choices=("ecp5", "generic"), default="ecp5",
+                   help="ecp5 (default): DP16KD / MULT18X18D primitives with their registers, "
+                        "plus their simulation models; generic: inferred memories and fabric "
+                        "registers, the same cycle behaviour")
     v.set_defaults(func=_cmd("ssvq.app.commands", "verilog_cmd"))
 
     s = sub.add_parser("sim", help="simulate layers in cocotb against the golden model")

@@ -24,7 +24,7 @@ def verilog_cmd(args) -> int:
     from ssvq.image import read_images
 
     cfg = read_images(args.images).config if args.images else load_build_config(args.config)
-    v = generate(cfg, args.out)
+    v = generate(cfg, args.out, target=getattr(args, "target", "ecp5"))
     print(f"wrote {v} ({v.stat().st_size // 1024} KiB), ssvq_regs.h, regs.md, "
           f"ssvq_accel.core and {Path(args.out) / 'params.json'} "
           f"for {json.dumps(cfg.to_dict())}")
