@@ -109,7 +109,7 @@ class CodebookDecode(wiring.Component):
         fwidth = const(self.code_bits + self.coef_bits, "fwidth", range(fmax + 1))
         code_mask = const((1 << self.code_bits) - 1, "code_mask", max(cmax, 1))
         code_bits = const(self.code_bits, "code_bits_r", range(max(cmax, 1) + 1))
-        coef_bits = const(self.coef_bits, "coef_bits_r", range(cbmax + 1))
+        coef_bits = const(self.coef_bits, "coef_bits_r", range(max(cbmax, 1) + 1))   # >= 1 bit
         log2_d = const(self.log2_d, "log2_d_r", range(log2(cfg.d_max) + 1))
         grp = self.grp
         nslots = lanes * mm
