@@ -55,9 +55,14 @@ def plot_pareto(rows: list[dict], metric: str, path: Path, title: str, ylabel: s
     ax.set_ylabel(ylabel)
     if ylim:
         ax.set_ylim(*ylim)
+    _finish(fig, ax, title, path, "lower right")
+
+
+def _finish(fig, ax, title: str, path: Path, legend_loc: str):
+    import matplotlib.pyplot as plt
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc=legend_loc, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -82,12 +87,7 @@ def plot_speedup(rows: list[dict], metric: str, path: Path, title: str, ylabel: 
     vals = [r[metric] for r in rows if r.get(metric) is not None and r.get("speedup_int8")]
     if vals:
         ax.set_ylim(max(0.0, min(vals) - 0.02), min(1.005, max(vals) + 0.02))
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, title, path, "lower left")
 
 
 def freezing_summary(runs: dict[str, list[dict]], points: int = 400) -> dict:
