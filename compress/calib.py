@@ -185,7 +185,6 @@ def capture_inputs(root, modules: dict, run: Callable[[], object],
     """Runs `run()` (eval mode, no grad, one torch thread) with forward hooks on
     `modules` ({name: nn.Module inside root}) and returns each one's inputs
     flattened to (n, in_features), at most max_rows rows (the first ones)."""
-    import torch
     got: dict[str, list[np.ndarray]] = {n: [] for n in modules}
     counts = {n: 0 for n in modules}
 

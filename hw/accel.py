@@ -7,7 +7,7 @@ mode, K, D, bit width and codeword count chosen at run time by its header.
 The same multipliers serve every mode, so int8 and int4 are fair baselines on the
 same bus. docs/ARCH.md has the ports and timing; docs/FORMAT.md the stream.
 """
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 

@@ -20,7 +20,7 @@ how many bits to drop: that path is only the level and pointer arithmetic.
 Both read stages are clocked by `en` (the pipeline enable), so a record on its
 way to `head` is frozen with the pipeline behind it.
 """
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

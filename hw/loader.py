@@ -85,7 +85,7 @@ class SectionLoader(wiring.Component):
 
     def elaborate(self, platform):
         cfg = self.cfg
-        bus, lb = cfg.bus, log2(cfg.bus)
+        bus = cfg.bus
         m = Module()
         m.submodules.gearbox = gb = Gearbox(bus, cfg.max_record_bits)
         i_s, hdr = self.i_stream, self.hdr

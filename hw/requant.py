@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from hw.memories import RecordMemory
 from hw.prims import RegisteredMult
 from hw.records import ParamLayout
-from ssvq.config import ACC_BITS, BIAS_BITS, MULT_BITS, PARAM_BITS, AccelConfig
+from ssvq.config import ACC_BITS, MULT_BITS, PARAM_BITS, AccelConfig
 
 ROUND_BITS = 64
 
