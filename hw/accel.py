@@ -95,7 +95,12 @@ class Accelerator(wiring.Component):
         wiring.connect(m, pk.o_stream, wiring.flipped(self.o_stream))
         en = pk.en
         hdr = ld.hdr
-        m.d.comb += [ld.en.eq(en), ld.layer_done.eq(pk.layer_done), pk.start.eq(ld.started),
+        # `started` is a registered copy for everything that needs it only later (the
+        # packer's clear, the counters' clear): the combinational one ends a path from
+        # the input handshake through the first-beat test to hundreds of registers
+        started_q = Signal()
+        m.d.sync += started_q.eq(ld.started)
+        m.d.comb += [ld.en.eq(en), ld.layer_done.eq(pk.layer_done), pk.start.eq(started_q),
                      ld.halt.eq(self.halt), self.in_last.eq(ld.last_beat),
                      self.o_last.eq(pk.o_last), self.started.eq(ld.started),
                      self.layer_done.eq(pk.layer_done)]
@@ -150,23 +155,24 @@ class Accelerator(wiring.Component):
         m.d.comb += [pk.valid.eq(rq.o_valid), pk.value.eq(rq.o_value),
                      pk.lastrow.eq(rq.o_lastrow)]
 
-        # busy and the performance counters (cleared by a layer's first header beat)
+        # busy and the performance counters. A layer's counts start at its first header
+        # beat (cycle t0: cycles 1, header 1, the rest 0). The clear is applied a cycle
+        # late, from started_q: in t0 + 1 each counter is loaded with its t0 value plus
+        # what t0 + 1 adds, so from t0 + 1 on the counts are those of a clear at t0. (The
+        # counter bank, hw/top.py, latches the previous layer's counts the cycle after
+        # its last output beat, which is t0 at the latest: a header is accepted only
+        # after that beat.)
         with m.If(ld.started):
             m.d.sync += self.busy.eq(1)
         with m.Elif(pk.layer_done):
             m.d.sync += self.busy.eq(0)
-        cnt = {c: getattr(self, f"cnt_{c}") for c in COUNTERS}
         i_s, o_s = self.i_stream, self.o_stream
-        with m.If(ld.started):
-            m.d.sync += [cnt[c].eq(int(c in ("cycles", "header"))) for c in COUNTERS]
-        with m.Else():
-            with m.If(self.busy):
-                m.d.sync += cnt["cycles"].eq(cnt["cycles"] + 1)
-            with m.If(self.busy & ((i_s.ready & ~i_s.valid) | (o_s.valid & ~o_s.ready))):
-                m.d.sync += cnt["stall"].eq(cnt["stall"] + 1)
-            with m.If(o_s.valid & o_s.ready):
-                m.d.sync += cnt["out"].eq(cnt["out"] + 1)
-            for ph, name in SECTION_OF.items():
-                with m.If(ld.accept & (ld.in_phase == ph)):
-                    m.d.sync += cnt[name].eq(cnt[name] + 1)
+        inc = {"cycles": self.busy,
+               "stall": self.busy & ((i_s.ready & ~i_s.valid) | (o_s.valid & ~o_s.ready)),
+               "out": o_s.valid & o_s.ready}
+        inc.update({name: ld.accept & (ld.in_phase == ph) for ph, name in SECTION_OF.items()})
+        for c in COUNTERS:
+            cnt = getattr(self, f"cnt_{c}")
+            base = Mux(started_q, int(c in ("cycles", "header")), cnt)
+            m.d.sync += cnt.eq(base + inc[c])
         return m

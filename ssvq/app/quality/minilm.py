@@ -17,6 +17,7 @@ from compress.lr2vq import LR2VQ
 from compress.qsd import QSD
 from compress.run import write_model_images
 from compress.train import SSVQ, VQ, QuantizedModel, Uniform, fit
+from ssvq.app.quality import nas
 from ssvq.app.quality.baselines import faiss_anchor
 from ssvq.app.quality.checks import check_images, check_rtl
 from ssvq.app.quality.corpus import build_corpus
@@ -58,6 +59,10 @@ def gptq_calibration(task: MiniLMTask, sentences: list[str], seed: int = 0):
     pick = list(rng.choice(sentences, size=min(GPTQ_CALIB_SENTENCES, len(sentences)),
                            replace=False))
     return lambda model: task.calibration_run(pick)(model)
+
+
+# --methods names of the issue's table: each method's strongest MiniLM row
+METHOD_ALIASES = {"ssvq": "ssvq-k256-d8-gptq", "vq": "vq-k256-d4"}
 
 
 MINILM_LR = {"lr": 1e-3, "lr_groups": {"latent_lr": 5e-3, "codebook_lr": 3e-3,
@@ -166,13 +171,17 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         lrs[name] = lr
         labels[name] = label
     plan = MINILM_TRAIN
+    ptq = MINILM_PTQ
     if methods:
-        methods = [m for arg in methods for m in arg.split(",") if m]
-        unknown = [m for m in methods if m not in specs]
+        methods = [METHOD_ALIASES.get(m, m) for arg in methods for m in arg.split(",") if m]
+        unknown = [m for m in methods if m not in specs and m != "nas"]
         if unknown:
             raise UserError(f"--methods: unknown method(s) {unknown}; expected some of "
-                            f"{list(specs)}")
+                            f"{sorted(set(specs) | set(METHOD_ALIASES) | {'nas'})}")
         plan = [(m, dict(MINILM_TRAIN).get(m, 1.0)) for m in methods]
+        # a selection's post-training rows: the int8 reference and each selected
+        # row's own start (what its training began from)
+        ptq = ["int8"] + [m for m in methods if m in MINILM_PTQ and m != "int8"]
     split = budget_split(plan, budget_minutes)
     out.mkdir(parents=True, exist_ok=True)
     threads = set_threads()
@@ -227,8 +236,8 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     t0 = time.perf_counter()
     add(dict(method="fp32", config="", bits_per_weight=32.0, trained=False,
              **evaluate(task.bert), **no_images()), t0)
-    # faiss anchor
-    for k, d in [(256, 4), (256, 8)]:
+    # faiss anchor (the default run's; a --methods selection has its own rows only)
+    for k, d in ([] if methods else [(256, 4), (256, 8)]):
         t0 = time.perf_counter()
         m = copy.deepcopy(task.bert)
         mods = dict(m.named_modules())
@@ -241,14 +250,20 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         add(dict(method="faiss", config=f"K={k} D={d}", trained=False,
                  bits_per_weight=bits / n_w, **evaluate(m), **no_images()), t0)
     # post-training rows; the trained rows start from the same wrapped model
-    for key in MINILM_PTQ + [k for k, _ in plan if k not in MINILM_PTQ]:
+    for key in ptq + [k for k, _ in plan if k not in ptq]:
+        if key == "nas":
+            rows_nas = _nas_row(task, out, 60.0 * split[key], corpus, probe, calib_run,
+                                evaluate, hardware, seed)
+            trajectories["nas"] = rows_nas.pop("trajectory")
+            add(rows_nas, rows_nas.pop("t0"))
+            continue
         method, spec = specs[key]
         t0 = time.perf_counter()
         qm = QuantizedModel(task.bert, spec,
                             calibration=gptq_calibration(task, corpus["train"], seed))
         bpw = qm.bits()["bits_per_weight"]
         config = labels.get(key, key)
-        if key in MINILM_PTQ or key in extra:
+        if key in ptq or key in extra:
             row = dict(method=method, config=config, trained=False, bits_per_weight=bpw,
                        **evaluate(qm.to_float()))
             row.update(hardware(qm, qm.export(qm.capture(calib_run))))
@@ -301,6 +316,46 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, threads,
                          time.perf_counter() - t_all, corpus, len(tech))
     return {"rows": rows}
+
+
+def _nas_row(task: MiniLMTask, out: Path, budget_s: float, corpus: dict, probe: list[str],
+             calib_run, evaluate, hardware, seed: int) -> dict:
+    """The `nas` row (ssvq.app.quality.nas.search_minilm): search, choose, fine-tune,
+    export on the search's build with the plan file beside the images, RTL check.
+    The row carries "t0" and "trajectory" for the caller to take out."""
+    t0 = time.perf_counter()
+    say(f"training nas for {budget_s / 60:.2f} min ({nas.SEARCH_SHARE:.2f} of it searching, "
+        f"the rest fine-tuning the chosen layers) ...")
+
+    def train_fn(qm, seconds, lr):
+        return train_minilm(task, None, seconds, corpus["train"], probe, seed=seed, qm=qm,
+                            lr=lr)
+
+    qm, row, cfg, meta, plan, log = nas.search_minilm(task.bert, budget_s, train_fn, MINILM_LR,
+                                                      seed=seed, progress=say)
+    configs = set(row["choice"].values())
+    row.update(method="nas", config=configs.pop() if len(configs) == 1 else "mixed",
+               trained=True, bits_per_weight=qm.bits()["bits_per_weight"],
+               **evaluate(qm.to_float()))
+    calib = qm.capture(calib_run)
+    imgs = qm.export(calib)
+    row["images_round_trip"] = check_images(imgs, calib)
+    row.update(hardware(qm, imgs))
+    plan_path = out / "plans" / "nas.json"
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    d = out / "images" / "nas"
+    write_model_images(d, imgs, cfg=cfg, meta={"model": "minilm", "trained": True,
+                                               "nas": dict(meta, plan_file=str(
+                                                   plan_path.relative_to(out)))})
+    row.update(images=str(d.relative_to(out)), plan=str(plan_path.relative_to(out)),
+               configs=sorted({im.config.name for im in imgs}))
+    row.update(check_rtl(d, out / "rtl" / "nas", "verilator"))
+    row["trajectory"] = [{k: r[k] for k in r if k.startswith("eval_") or k in
+                          ("step", "seconds", "progress")} for r in log
+                         if "eval_mean_cosine" in r]
+    row["t0"] = t0
+    return row
 
 
 def _best(rows, **kw):

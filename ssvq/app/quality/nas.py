@@ -125,3 +125,56 @@ def run_digits_nas(out: Path, base, X, Y, xte, yte, fractions, row_seconds: floa
                    seconds=time.perf_counter() - t0)
         rows.append(row)
     return rows
+
+
+# MiniLM: candidates near 2 and 3 bits/weight (int2's and SSVQ/VQ's cycles are
+# about 0.27 of int8's on every MiniLM shape, int3's 0.39, int4's 0.51), and a
+# budget of 0.3 x the int8 cycles, so a plan may keep a few layers at int3/int4
+# only by putting the rest at the 2-bit candidates.
+MINILM_CANDIDATES = ("int4", "int3", "int2", "ssvq-k256-d8", "vq-k256-d4")
+MINILM_FRACTION = 0.3
+SEARCH_SHARE = 2 / 3              # of the row's budget; the fine-tuning has the rest
+
+
+def search_minilm(model: nn.Module, budget_s: float, train_fn, lr: dict, seed: int = 0,
+                  fraction: float = MINILM_FRACTION, candidates=MINILM_CANDIDATES,
+                  progress=None):
+    """The MiniLM `nas` row: search for SEARCH_SHARE of budget_s, choose (+ repair),
+    fine-tune the chosen layers for the rest. train_fn(qm, budget_s, lr) -> (qm,
+    fit result) is the experiment's training loop (its loss and batches).
+    Returns (fine-tuned QuantizedModel, row fields, build, manifest meta, plan)."""
+    spec, cfg, ref = nas_spec(model, fraction, candidates, seed=seed)
+    if progress:
+        progress(f"  nas: {len(candidates)} candidates {list(candidates)}, budget "
+                 f"{fraction:g} x int8 = {spec.budget:.0f} cycles")
+    torch.manual_seed(seed)
+    nm = NASModel(model, spec)
+    search_lr = {"lr": lr["lr"], "lr_groups": {**lr["lr_groups"],
+                                               "arch_lr": SEARCH_LR["arch_lr"]}}
+    nm, res = train_fn(nm, budget_s * SEARCH_SHARE, search_lr)
+    nm.choose()
+    meta = search_meta(nm)
+    qm = nm.finalize()
+    torch.manual_seed(seed)
+    qm, ft = train_fn(qm, budget_s * (1 - SEARCH_SHARE), lr)
+    choice = nm.choice()
+    shapes = {n: (r, k) for n, r, k in linear_shapes(model)}
+    mc = model_cost(cfg, [(n, c, *shapes[n]) for n, c in choice.items() if n in shapes])
+    assert mc.cycles == int(nm.chosen_cycles()), (mc.cycles, nm.chosen_cycles())
+    counts: dict[str, int] = {}
+    for c in choice.values():
+        counts[c] = counts.get(c, 0) + 1
+    row = {"budget_fraction": fraction, "choice": choice, "choice_counts": counts,
+           "budget_cycles": spec.budget, "int8_cycles": ref, "cycles": mc.cycles,
+           "feasible": nm.feasible, "argmax_cycles": int(nm.argmax_cycles),
+           "repairs": meta["repairs"], "steps": res.steps + ft.steps,
+           "search_steps": res.steps, "finetune_steps": ft.steps,
+           "train_minutes": (res.seconds + ft.seconds) / 60, "build": cfg.to_dict()}
+    meta = dict(meta, search_steps=res.steps, finetune_steps=ft.steps, int8_cycles=ref,
+                budget_fraction=fraction,
+                cost_model="sim.golden.timing counters['cycles'] on the manifest's "
+                           "accelerator config")
+    # one trajectory: the fine-tuning's steps and seconds continue the search's
+    log = res.log + [dict(r, step=r.get("step", 0) + res.steps,
+                          seconds=r.get("seconds", 0.0) + res.seconds) for r in ft.log]
+    return qm, row, cfg, meta, nm.plan(), log
