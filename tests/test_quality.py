@@ -124,3 +124,42 @@ def test_minilm_methods_are_choices_comma_separated(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "int5" in err and "cosvq" in err and "'cosvq'" not in err.split("expected")[0]
     assert not (tmp_path / "q").exists()
+
+
+def test_band_verdicts_name_winner_margin_and_ssvq_losses():
+    from ssvq.app.quality.pareto import band_verdicts
+    rows = [dict(method="fp32", config="", trained=False, bits_per_weight=32, mean_cosine=1.0),
+            dict(method="ssvq", config="ssvq-k256-d8-gptq", trained=True, bits_per_weight=2.09,
+                 mean_cosine=0.90, int_mean_cosine=0.89, speedup_int8=3.69),
+            dict(method="nas", config="mixed", trained=True, bits_per_weight=2.07,
+                 mean_cosine=0.93, int_mean_cosine=0.92, speedup_int8=3.72),
+            dict(method="vq", config="vq-k256-d4", trained=True, bits_per_weight=2.05,
+                 mean_cosine=0.85, int_mean_cosine=0.84, speedup_int8=3.69),
+            dict(method="int4", config="int4", trained=True, bits_per_weight=4.03,
+                 mean_cosine=0.99, int_mean_cosine=0.98, speedup_int8=1.96)]
+    v = band_verdicts(rows)
+    # by hand: nas 0.93 beats ssvq 0.90 by 0.03 (the runner-up), vq last; int4 alone
+    assert v[0] == ("- **<= 2.5 bits/weight**: nas mixed wins (2.07 b/w, mean_cosine 0.9300, "
+                    "+0.0300 over ssvq ssvq-k256-d8-gptq at 2.09 b/w); SSVQ (ssvq "
+                    "ssvq-k256-d8-gptq, 0.9000) loses here to nas mixed by 0.0300.")
+    assert v[1] == ("- **> 3.5 bits/weight**: int4 wins (4.03 b/w, mean_cosine 0.9900, alone); "
+                    "no SSVQ row in this band.")
+    assert v[2] == ("- **At >= 3.5x over int8**: best integer-path fidelity nas mixed, "
+                    "int_mean_cosine 0.9200 at x3.72.")
+    assert v[3] == ("- **At >= 2.5x over int8**: best integer-path fidelity nas mixed, "
+                    "int_mean_cosine 0.9200 at x3.72.")
+    assert len(v) == 4
+
+
+def test_minilm_methods_accept_the_issue_names(tmp_path):
+    """--methods names of the comparison table: nas, and ssvq / vq as aliases of
+    the strongest MiniLM rows; anything else is one UserError naming the choices."""
+    import pytest
+    from ssvq.app.quality import minilm
+    from ssvq.errors import UserError
+    assert minilm.METHOD_ALIASES == {"ssvq": "ssvq-k256-d8-gptq", "vq": "vq-k256-d4"}
+    assert set(minilm.METHOD_ALIASES.values()) <= set(minilm.minilm_specs())
+    with pytest.raises(UserError) as e:
+        minilm.run_minilm(tmp_path, 1.0, ["cosvq,nas,ssvq,bogus"])
+    assert "['bogus']" in str(e.value) and "'nas'" in str(e.value)
+    assert not any(tmp_path.iterdir())

@@ -23,7 +23,7 @@ from ssvq.app.quality.checks import check_images, check_rtl
 from ssvq.app.quality.corpus import build_corpus
 from ssvq.app.quality.hwcols import integer_forward, no_images, speedups
 from ssvq.app.quality.minilm_task import MiniLMTask
-from ssvq.app.quality.pareto import pareto_front, verdict
+from ssvq.app.quality.pareto import band_verdicts, pareto_front, verdict
 from ssvq.app.quality.plots import (freezing_summary, plot_freezing, plot_pareto,
                                     plot_speedup)
 from ssvq.app.quality.runtime import say, set_threads
@@ -483,6 +483,10 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
                       f"({'above' if b['mean_cosine'] > s4['mean_cosine'] else 'below'} "
                       f"SSVQ K=256 D=4's {s4['mean_cosine']:.4f})."]
         lines.append("")
+    verdicts = band_verdicts(rows)
+    if verdicts:
+        lines += ["## Which method wins (trained rows, equal training time each)", "",
+                  *verdicts, ""]
     lines += ["## All rows", "", table(rows, cols), "",
               "![fidelity vs bits](fidelity_vs_bits.png)", ""]
     lines += ["SSVQ codes stay fixed at their k-means assignment (compress.train default). "
@@ -512,9 +516,10 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
                             for r in tr[:: max(1, len(tr) // 8)])
             lines.append(f"- {k}: {pts}")
         lines.append("")
-    new = [r for r in rows if r["method"] in minilm_methods() and r["trained"]]
+    new = [r for r in rows if (r["method"] in minilm_methods() or r["method"] == "nas")
+           and r["trained"]]
     if new:
-        lines += ["## Training methods (compress.cosvq, dkm, diffq, lr2vq, qsd)", "",
+        lines += ["## Training methods (compress.cosvq, dkm, diffq, lr2vq, qsd, nas)", "",
                   "Each method's rows: its initialisation (post-training, untrained row) "
                   "and the model trained from it; --budget-minutes split among the rows "
                   "trained, equally among these methods (equal training time); "

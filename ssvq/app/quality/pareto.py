@@ -32,3 +32,49 @@ def verdict(ssvq: dict, other: dict, metrics=FIDELITY) -> tuple[str, list[str]]:
         return "a tie", wins
     return ("SSVQ wins" if len(wins) == len(metrics) else
             f"{name} wins" if not wins else "mixed"), wins
+
+
+# bits/weight bands of the method comparison: "about 2" and "about 3" bits, and more
+BANDS = (("<= 2.5 bits/weight", 0.0, 2.5), ("2.5-3.5 bits/weight", 2.5, 3.5),
+         ("> 3.5 bits/weight", 3.5, 99.0))
+
+
+def _name(r: dict) -> str:
+    c = r.get("config") or ""
+    return r["method"] if c in ("", r["method"]) else f"{r['method']} {c}"
+
+
+def band_verdicts(rows: list[dict], metric: str = "mean_cosine") -> list[str]:
+    """The report's sentences on the trained rows: per bits band, the winner by
+    `metric`, its margin over the runner-up, and where the best SSVQ row stands
+    (the rows above it, by how much); then the best integer-path fidelity at
+    each speedup over int8 (>= 3.5x, >= 2.5x)."""
+    trained = [r for r in rows if r.get("trained") and r.get(metric) is not None]
+    out = []
+    for label, lo, hi in BANDS:
+        band = sorted((r for r in trained if lo < r["bits_per_weight"] <= hi),
+                      key=lambda r: -r[metric])
+        if not band:
+            continue
+        w = band[0]
+        s = (f"- **{label}**: {_name(w)} wins ({w['bits_per_weight']:.2f} b/w, "
+             f"{metric} {w[metric]:.4f}")
+        s += (f", {w[metric] - band[1][metric]:+.4f} over {_name(band[1])} at "
+              f"{band[1]['bits_per_weight']:.2f} b/w)" if len(band) > 1 else ", alone)")
+        ss = [r for r in band if r["method"] == "ssvq"]
+        if ss and ss[0] is not w:
+            above = [r for r in band if r[metric] > ss[0][metric]]
+            s += (f"; SSVQ ({_name(ss[0])}, {ss[0][metric]:.4f}) loses here to "
+                  + ", ".join(f"{_name(r)} by {r[metric] - ss[0][metric]:.4f}" for r in above))
+        elif not ss:
+            s += "; no SSVQ row in this band"
+        out.append(s + ".")
+    for lo in (3.5, 2.5):
+        fast = [r for r in trained if (r.get("speedup_int8") or 0) >= lo
+                and r.get("int_mean_cosine") is not None]
+        if fast:
+            b = max(fast, key=lambda r: r["int_mean_cosine"])
+            out.append(f"- **At >= {lo:g}x over int8**: best integer-path fidelity "
+                       f"{_name(b)}, int_mean_cosine {b['int_mean_cosine']:.4f} at "
+                       f"x{b['speedup_int8']:.2f}.")
+    return out
