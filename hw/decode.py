@@ -1,5 +1,5 @@
 """Weight decoders, one per mode family. Both take the issued group record
-(stage 1) and deliver `mults` signed weights LATENCY = 6 cycles later, so the
+(stage 1) and deliver `mults` signed weights LATENCY = 7 cycles later, so the
 MAC array sees one group per cycle whatever the mode.
 
 IntDecode: element e of an int-b group is bits e*b .. e*b+b-1, two's complement
@@ -12,7 +12,8 @@ without coefficient bits), negated per element where its sign bit is set.
   A1: slot fields picked at stride F            A2: codes to the codebook read ports
   R:  the memory's output register             S:  each element picks its lane's word
                                                     and element j; sign applied
-  P:  coefficient x codeword (shift-and-add)    C:  sum over the m codewords
+  P1, P2: coefficient x codeword (shift-and-add, terms added in pairs, then the pairs)
+  C:  sum over the m codewords
 One register per stage: each stage is at most a few LUT levels or one carry
 chain, for the ECP5 clock target (docs/ARCH.md, "Timing closure").
 """
@@ -25,7 +26,7 @@ from ssvq.config import CW_BITS, AccelConfig, Mode, log2
 
 
 class IntDecode(wiring.Component):
-    LATENCY = 6      # as CodebookDecode: both feed the MAC array in the same cycle
+    LATENCY = 7      # as CodebookDecode: both feed the MAC array in the same cycle
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -56,8 +57,8 @@ class IntDecode(wiring.Component):
 
 class CodebookDecode(wiring.Component):
     # A1 slot fields, A2 codes to the read ports (the memory's address register),
-    # R read data registered, S select and sign, P coefficient products, C sum
-    LATENCY = 6
+    # R read data registered, S select and sign, P1 P2 coefficient products, C sum
+    LATENCY = 7
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -183,13 +184,19 @@ class CodebookDecode(wiring.Component):
                 # P: coefficient x codeword as shift-and-add in LUTs: a hard multiplier
                 # each would need 64 MULT18X18D at the default build, more than an
                 # LFE5U-45F has beside the MAC array's 32
+                # (two stages: P1 adds the terms in pairs, P2 the pairs; the codeword's
+                # register fans out to every term, so one stage of it all was the
+                # decode's slowest path, 126.6 MHz alone)
                 if cbmax == 0:
-                    p = x
+                    p = delay(x, 1, f"cp{e}_{i}_p1")
                 else:
                     n = len(c)
                     terms = [Mux(c[k], x << k, 0) for k in range(n - 1)]
                     terms.append(-Mux(c[n - 1], x << (n - 1), 0))
-                    p = _tree(terms)
+                    pairs = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
+                             for k in range(0, len(terms), 2)]
+                    p = _tree([reg(v, f"cp{e}_{i}_p1_{k}", signed(wb))
+                               for k, v in enumerate(pairs)])
                 prod[e][i] = reg(p, f"cp{e}_{i}", signed(wb))
 
         # C: sum over the m codewords

@@ -11,7 +11,7 @@ from ssvq.config import AccelConfig, LayerConfig
 from sim.golden import timing as golden_timing
 
 DECODE_CYCLES = 11
-PIPELINE_DEPTH = 29
+PIPELINE_DEPTH = 30
 LOAD_SECTIONS = ("codebook", "params", "acts", "weights")
 
 
