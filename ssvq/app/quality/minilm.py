@@ -151,7 +151,7 @@ def calibration_run(task: MiniLMTask, corpus: dict):
 def budget_split(plan: list[tuple[str, float]], budget_minutes: float) -> dict[str, float]:
     """--budget-minutes is the run's total training time: each trained row gets
     the part of it its share is of all the shares (MINILM_TRAIN: the default run's
-    25/25/5/5/5 at 65 minutes; a row named in --methods without a share, 1)."""
+    25/25/5/5/5 at 65 minutes; the rows of a --methods selection, 1 each)."""
     total = sum(f for _, f in plan)
     return {k: budget_minutes * f / total for k, f in plan}
 
@@ -178,7 +178,8 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
         if unknown:
             raise UserError(f"--methods: unknown method(s) {unknown}; expected some of "
                             f"{sorted(set(specs) | set(METHOD_ALIASES) | {'nas'})}")
-        plan = [(m, dict(MINILM_TRAIN).get(m, 1.0)) for m in methods]
+        # a selection is a comparison: every selected row trains for the same time
+        plan = [(m, 1.0) for m in methods]
         # a selection's post-training rows: the int8 reference and each selected
         # row's own start (what its training began from)
         ptq = ["int8"] + [m for m in methods if m in MINILM_PTQ and m != "int8"]
