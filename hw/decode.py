@@ -140,11 +140,11 @@ class CodebookDecode(wiring.Component):
                 f = Signal(fmax, name=f"field{lane}_{i}")
                 m.d.comb += f.eq(Mux(m2, f2, f1))
                 m.d.comb += mems[i].r_addr[lane].eq(f & code_mask)
-                # the coefficient is not needed before S: its field is registered here and
-                # cut out of it (variable shift, variable sign extension) a stage later
-                fr = reg(f, f"field{lane}_{i}_a2")
-                raw = Signal(max(cbmax, 1), name=f"rawcoef{lane}_{i}")
-                m.d.comb += raw.eq(fr >> code_bits)
+                # the coefficient is not needed before S: shifted out of its field here
+                # (by code_bits) and sign-extended (by coef_bits) a stage later, one
+                # variable step a stage
+                raw = reg((f >> code_bits)[:max(cbmax, 1)], f"rawcoef{lane}_{i}_a2",
+                          max(cbmax, 1))
                 cv = Signal(cw_sh, name=f"cv{lane}_{i}")
                 with m.Switch(coef_bits):
                     with m.Case(0):
@@ -159,8 +159,9 @@ class CodebookDecode(wiring.Component):
         assert RecordMemory.LATENCY == 2
         rd = [[mems[i].r_data[lane] for i in range(mm)] for lane in range(lanes)]
 
-        # S: each element picks its lane's codeword element, as a signed value with
-        # the weight's sign applied (-(c*x) = c*(-x)), and its coefficient
+        # S: each element picks its lane's codeword element, as a signed value, and its
+        # coefficient with the weight's sign applied (-(c*x) = (-c)*x: the negation is of
+        # a few-bit register value, not on the path from the block RAM's output)
         wb = cfg.weight_bits
         prod = [[None] * mm for _ in range(mults)]
         for e in range(mults):
@@ -179,8 +180,7 @@ class CodebookDecode(wiring.Component):
                 used = 1 if i == 0 else m2
                 v = Signal(signed(9), name=f"cwv{e}_{i}")
                 m.d.comb += v.eq(Mux(used, Mux(is_ssvq, cw, cw.as_signed()), 0))
-                x = reg(Mux(sign[e], -v, v), f"cw{e}_{i}_s", signed(10))
-                c = reg(ce, f"ce{e}_{i}_s")
+                x = reg(v, f"cw{e}_{i}_s")
                 # P: coefficient x codeword as shift-and-add in LUTs: a hard multiplier
                 # each would need 64 MULT18X18D at the default build, more than an
                 # LFE5U-45F has beside the MAC array's 32
@@ -188,8 +188,11 @@ class CodebookDecode(wiring.Component):
                 # register fans out to every term, so one stage of it all was the
                 # decode's slowest path, 126.6 MHz alone)
                 if cbmax == 0:
-                    p = delay(x, 1, f"cp{e}_{i}_p1")
+                    # no coefficients: the sign is the only factor, applied in P1
+                    neg = reg(sign[e], f"neg{e}_{i}_s")
+                    p = reg(Mux(neg, -x, x), f"cp{e}_{i}_p1", signed(wb))
                 else:
+                    c = reg(Mux(sign[e], -ce, ce), f"ce{e}_{i}_s", signed(len(ce) + 1))
                     n = len(c)
                     terms = [Mux(c[k], x << k, 0) for k in range(n - 1)]
                     terms.append(-Mux(c[n - 1], x << (n - 1), 0))

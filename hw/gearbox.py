@@ -2,14 +2,22 @@
 
 Every section of a layer stream is a bit string of equal-width records that may
 straddle beats (docs/FORMAT.md). The gearbox holds the stream's next `level`
-bits; the consumer drops `consume` bits a cycle (a record, plus a section's
-padding after its last record) and sees the record it took on `head` LATENCY
+bits; the consumer drops a record a cycle (plus a section's padding after its last
+record) and sees the record it took on `head` LATENCY
 cycles later. A beat is accepted in cycle n while `level(n-1) + 2*bus <= cap`: a
 flag registered from the level of the cycle before (safe: at most one beat came in
 since), so input ready is a flip-flop, never depends on the output side, and the
 level compare is off the accept path. With cap = widest record + 2*bus a consumer
 taking a record whenever one is there still takes one beat a cycle when records are
 at least a beat wide (sim/golden.py; tests/test_cost.py).
+
+The consumer says which record it takes: `take` (a record this cycle), `last` (its
+section's last: the padding after it is dropped too) and the two widths of the
+section, `rec_width` and `rec_width_last` (registers of the consumer's, loaded when a section
+starts); `fits` (level >= width) says a record is there. The next level is picked
+from level, level - width and level - width_last, all three worked out in parallel
+with the compare (which is the sign of level - width), so the take decision feeds
+only a multiplexer in front of the one short increment that adds an accepted beat.
 
 The bits sit in a ring of `size` bits (a power of two, at least cap), written a
 whole beat at a time at word `wptr` and read from bit `rptr`; rptr + level is
@@ -35,7 +43,8 @@ class Gearbox(wiring.Component):
         self.words, self.size = words, words * bus
         super().__init__({
             "i_valid": In(1), "i_data": In(bus), "i_allow": In(1), "i_ready": Out(1),
-            "consume": In(range(self.cap + 1)), "en": In(1),
+            "take": In(1), "last": In(1), "rec_width": In(range(self.cap + 1)),
+            "rec_width_last": In(range(self.cap + 1)), "fits": Out(1), "en": In(1),
             "head": Out(width), "level": Out(range(self.cap + 1)),
         })
 
@@ -59,8 +68,18 @@ class Gearbox(wiring.Component):
                 for w in range(words):
                     with m.Case(w):
                         m.d.sync += ring[w].eq(self.i_data)
-        m.d.sync += [self.level.eq(self.level - self.consume + Mux(accept, bus, 0)),
-                     rptr.eq(rptr + self.consume)]
+        level = self.level
+        less_w = Signal(range(-self.cap - 1, self.cap + 1))
+        less_wl = Signal(range(-self.cap - 1, self.cap + 1))
+        m.d.comb += [less_w.eq(level - self.rec_width),
+                     less_wl.eq(level - self.rec_width_last), self.fits.eq(less_w >= 0)]
+        left = Signal(range(self.cap + 1))
+        m.d.comb += left.eq(Mux(self.take, Mux(self.last, less_wl, less_w), level))
+        # an accepted beat adds `bus`: an increment of the bits above the beat offset
+        m.d.sync += self.level.eq(Mux(accept, left + bus, left))
+        with m.If(self.take):
+            m.d.sync += rptr.eq(Mux(self.last, rptr + self.rec_width_last,
+                                    rptr + self.rec_width))
 
         # read stage 1: the beats from rptr's word on (enough for a record at any offset)
         span = -(-self.width // bus) + 1

@@ -172,9 +172,10 @@ class SectionLoader(wiring.Component):
                 m.d.comb += want.eq(en)
         take = Signal()
         last = Signal()
-        m.d.comb += [take.eq(want & (gb.level >= width)),
+        m.d.comb += [take.eq(want & gb.fits),
                      last.eq((phase == Phase.IDLE) | left_one),
-                     gb.consume.eq(Mux(take, Mux(last, width_last, width), 0))]
+                     gb.take.eq(take), gb.last.eq(last), gb.rec_width.eq(width),
+                     gb.rec_width_last.eq(width_last)]
         with m.If(take):
             m.d.sync += [left.eq(left - 1), left_one.eq(left == 2), idx.eq(idx + 1)]
         section_width = {Phase.CODEBOOK: (cw_bits, geo["cw_last"]),

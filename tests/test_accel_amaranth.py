@@ -71,6 +71,8 @@ CASES = [
              "ssvq-k16-d2-m2"], 7, 19),
     (dict(SMALL, bus=128), ["int3", "vq-k16-d4-m2-c4", "ssvq-k2-d2"], 3, 5),
     (dict(SMALL, bus=256), ["int8", "int1", "ssvq-k16-d4"], 1, 1),
+    # a build without coefficients: the decode's sign path without a product
+    (dict(SMALL, m_max=1, coef_bits_max=0), ["ssvq-k16-d4", "vq-k8-d2", "ssvq-k4-d2"], 6, 21),
     (dict(mults=32, max_rows=64, max_cols=128), ["ssvq-k256-d8", "int4", "vq-k256-d4",
                                                  "vq-k64-d8-m2-c4"], 9, 70),
 ]
