@@ -172,7 +172,12 @@ class Accelerator(wiring.Component):
                "out": o_s.valid & o_s.ready}
         inc.update({name: ld.accept & (ld.in_phase == ph) for ph, name in SECTION_OF.items()})
         for c in COUNTERS:
+            # the count-up condition only selects (an enable, a choice of constants):
+            # the +1 is worked out from the register alone
             cnt = getattr(self, f"cnt_{c}")
-            base = Mux(started_q, int(c in ("cycles", "header")), cnt)
-            m.d.sync += cnt.eq(base + inc[c])
+            base = int(c in ("cycles", "header"))
+            with m.If(started_q):
+                m.d.sync += cnt.eq(Mux(inc[c], base + 1, base))
+            with m.Elif(inc[c]):
+                m.d.sync += cnt.eq(cnt + 1)
         return m

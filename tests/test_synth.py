@@ -12,6 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(kmax=16, d_set=(4,), mults=8, max_rows=64, max_cols=64)
 
 
+@pytest.mark.parametrize("speeds", ["5", "6,6", "x", ""])
+def test_cli_bad_speeds(tmp_path, speeds):
+    r = _cli("--speeds", speeds, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"ssvq synth: error: --speeds: expected distinct ECP5 speed grades from "
+                     f"6, 7, 8, comma separated, found {speeds!r}"], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_yosys_tiny_config(tmp_path):
     from hw.synth import synthesize

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     y = sub.add_parser("synth", help="FPGA synthesis (yosys + nextpnr-ecp5)")
     y.add_argument("--config", help="accelerator build config JSON")
     y.add_argument("--out", required=True)
+    y.add_argument("--speeds", default="6,8",
+                   help="ECP5 speed grades to place and route, comma separated (default 6,8: "
+                        "in parallel, one process each)")
     y.set_defaults(func=_cmd("ssvq.app.commands", "synth_cmd"))
 
     w = sub.add_parser("sweep", help="design-space sweep: area, Fmax, cycles, energy per "

@@ -97,8 +97,16 @@ def synth_cmd(args) -> int:
     from hw.synth import TOP, SynthError, synthesize
 
     cfg = load_build_config(args.config) if args.config else AccelConfig()
+    text = getattr(args, "speeds", "6,8")
     try:
-        s = synthesize(cfg, args.out)
+        speeds = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        speeds = ()
+    if not speeds or any(v not in (6, 7, 8) for v in speeds) or len(set(speeds)) != len(speeds):
+        raise UserError(f"--speeds: expected distinct ECP5 speed grades from 6, 7, 8, comma "
+                        f"separated, found {text!r}")
+    try:
+        s = synthesize(cfg, args.out, speeds=speeds)
     except SynthError as e:
         raise UserError(str(e)) from None
     from hw.synth import table
