@@ -22,10 +22,10 @@ only a multiplexer in front of the one short increment that adds an accepted bea
 The bits sit in a ring of `size` bits (a power of two, at least cap), written a
 whole beat at a time at word `wptr` and read from bit `rptr`; rptr + level is
 always wptr's bit position, so a beat never lands on unread bits and nothing is
-shifted in place. The read is a rotation by rptr in two registered stages
-(whole beats, then the bit offset inside a beat), out of the path that decides
+shifted in place. The read is a rotation by rptr in three registered stages
+(whole beats, whole bytes of the offset inside a beat, the bits left), out of the path that decides
 how many bits to drop: that path is only the level and pointer arithmetic.
-Both read stages are clocked by `en` (the pipeline enable), so a record on its
+All three read stages are clocked by `en` (the pipeline enable), so a record on its
 way to `head` is frozen with the pipeline behind it.
 """
 from amaranth.hdl import Module, Mux, Signal
@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 
 class Gearbox(wiring.Component):
-    LATENCY = 2       # a record taken in cycle n is on `head` in cycle n+2
+    LATENCY = 3       # a record taken in cycle n is on `head` in cycle n+3
 
     def __init__(self, bus: int, width: int):
         self.bus, self.width = bus, width
@@ -94,8 +94,12 @@ class Gearbox(wiring.Component):
                         m.d.comb += sel.eq(ring[(w + k) % words])
             with m.If(self.en):
                 m.d.sync += window.word_select(k, bus).eq(sel)
+        # read stage 2: the whole bytes of the offset inside the first beat; stage 3: the
+        # bits left (one 64-way shift in one stage was the loader's slowest path alone)
+        part = Signal(self.width + 7)
+        bit = Signal(3)
         with m.If(self.en):
-            m.d.sync += off.eq(rptr[:lb])
-            # read stage 2: the bit offset inside the first beat
-            m.d.sync += self.head.eq((window >> off)[:self.width])
+            m.d.sync += [off.eq(rptr[:lb]), bit.eq(off[:3]),
+                         part.eq((window >> (off[3:] << 3))[:len(part)]),
+                         self.head.eq((part >> bit)[:self.width])]
         return m

@@ -49,7 +49,7 @@ def ceil_shift(value, k: int):
 
 
 class SectionLoader(wiring.Component):
-    ISSUE_LATENCY = 1 + Gearbox.LATENCY    # a group taken in cycle n is on `grp` in n+3
+    ISSUE_LATENCY = 1 + Gearbox.LATENCY    # a group taken in cycle n is on `grp` in n+4
     # DECODE: the header reaches `head` (Gearbox.LATENCY), is latched (1), and the
     # geometry pipeline below works out the layer's numbers (GEOMETRY_STAGES); the
     # last cycle hands over to the first load section.
@@ -299,11 +299,15 @@ class SectionLoader(wiring.Component):
         # width + ((-section bits) mod bus)
         rb = range(cfg.max_record_bits + cfg.bus + 1)
 
+        # (only the section's low lb bits matter: the padding is worked out on them alone)
         def last(w, section_bits, name):
-            return reg(w + (-section_bits)[:lb].as_unsigned(), name, rb)
-        # 2 (codebook: m << code_bits records of 8 << log2_d bits), 1 (params: 64-bit
-        # records), 2 (acts: G records of mults x 8 bits), 8 (weights: wbits)
-        cw_last = last(cw_bits, cb_records << (hdr.log2_d + log2(CW_BITS))[:5], "cw_last")
+            low = Value.cast(section_bits)[:lb]
+            return reg(w + (-low)[:lb].as_unsigned(), name, rb)
+        # 3 (codebook: m << code_bits records of 8 << log2_d bits; the variable shift of
+        # the section's low bits a stage of its own), 1 (params: 64-bit records), 2 (acts:
+        # G records of mults x 8 bits), 8 (weights: wbits)
+        cb_low = reg((cb_records[:lb] << (hdr.log2_d + log2(CW_BITS))[:5])[:lb], "cb_low", lb)
+        cw_last = last(cw_bits, cb_low, "cw_last")
         prm_last = last(PARAM_BITS, hdr.rows << log2(PARAM_BITS), "prm_last")
         act_last = last(cfg.mults * ACT_BITS, groups << (lm + log2(ACT_BITS)), "act_last")
         grp_last = last(grp_bits, wbits, "grp_last")

@@ -95,8 +95,8 @@ def test_beats_and_bits_by_hand(name, bus, rows, cols, beats, fields, records):
 def test_cycles_within_rate_bounds(name, bus, rows, cols, beats, fields, records):
     """Lower bounds: one input beat per cycle; the header, then one record per cycle.
     Upper bound: every section at the slower of its two rates, plus a fixed
-    latency (header decode, 11 cycles, the pipeline, 30, and two hand-over cycles:
-    docs/ARCH.md) of at most 43 cycles."""
+    latency (header decode, 12 cycles, the pipeline, 31, and two hand-over cycles:
+    docs/ARCH.md) of at most 45 cycles."""
     cfg = dataclasses.replace(CFG, bus=bus)
     c = layer_cost(cfg, name, rows, cols)
     inp = sum(v for s, v in beats.items() if s != "out")
@@ -104,7 +104,7 @@ def test_cycles_within_rate_bounds(name, bus, rows, cols, beats, fields, records
     assert c.cycles > inp
     assert c.cycles > beats["header"] + sum(records.values())
     slow = beats["header"] + sum(max(beats[s], records[s]) for s in records)
-    assert c.cycles <= slow + 43
+    assert c.cycles <= slow + 45
     assert c.stream_utilisation == pytest.approx(inp / c.cycles)
     assert 0 < c.bus_utilisation <= 1.0 and 0 < c.stream_utilisation < 1.0
 
@@ -112,12 +112,12 @@ def test_cycles_within_rate_bounds(name, bus, rows, cols, beats, fields, records
 def test_latency_is_the_same_for_every_bus_bound_layer():
     """For layers whose records are at least a beat wide (every rate is the bus),
     cycles - input beats is one constant: it does not grow with the shape; by
-    docs/ARCH.md it is the header decode (11), the pipeline (30) and the two
+    docs/ARCH.md it is the header decode (12), the pipeline (31) and the two
     hand-over cycles."""
     lat = {layer_cost(CFG, n, r, c).cycles - layer_cost(CFG, n, r, c).input_beats
            for n, r, c in [("int4", 384, 384), ("int8", 1536, 384), ("int2", 7, 100),
                            ("int8", 1, 1), ("ssvq-k256-d8", 384, 1536)]}
-    assert lat == {11 + 30 + 2}
+    assert lat == {12 + 31 + 2}
 
 
 @pytest.mark.parametrize("name,rows,cols,want", [
@@ -184,8 +184,8 @@ def test_minilm_speedups():
     assert len(rs.layers) == 36 and rs.cost.n_weights == 6 * (4 * 384 ** 2 + 2 * 1536 * 384)
     assert r4.speedup["int8"] >= 1.9
     assert r4.speedup["int4"] == 1.0            # the int4 baseline is the same runs
-    # 3.700 with a 12-deep pipeline and 3 decode cycles; 30 and 11 for 150 MHz cost
-    # 26 cycles a layer (docs/ARCH.md, "Timing closure"): 365,940 cycles
+    # 3.700 with a 12-deep pipeline and 3 decode cycles; 31 and 12 for 150 MHz cost
+    # 28 cycles a layer (docs/ARCH.md, "Timing closure"): 366,012 cycles
     assert rs.speedup["int8"] >= 3.69
     # ssvq-k256-d8 weights per block: 4 x 384x384 at 4608 beats, 2 x 18432 beats
     assert rs.cost.bits["weights"] == 6 * (4 * 4608 + 2 * 18432) * 64

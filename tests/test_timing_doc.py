@@ -10,8 +10,8 @@ import pytest
 from ssvq.config import AccelConfig, LayerConfig
 from sim.golden import timing as golden_timing
 
-DECODE_CYCLES = 11
-PIPELINE_DEPTH = 30
+DECODE_CYCLES = 12
+PIPELINE_DEPTH = 31
 LOAD_SECTIONS = ("codebook", "params", "acts", "weights")
 
 
