@@ -182,12 +182,43 @@ class SectionLoader(wiring.Component):
                          Phase.PARAMS: (PARAM_BITS, geo["prm_last"]),
                          Phase.ACTS: (cfg.mults * ACT_BITS, geo["act_last"]),
                          Phase.WEIGHTS: (grp_bits, geo["grp_last"])}
+        section_count = {Phase.CODEBOOK: cb_records, Phase.PARAMS: hdr.rows,
+                         Phase.ACTS: groups, Phase.WEIGHTS: total_groups}
+        # "the section has one record", registered like the rest of the geometry
+        section_one = {ph: Signal(name=f"one_{ph.name.lower()}") for ph in section_count}
+        m.d.sync += [section_one[ph].eq(n == 1) for ph, n in section_count.items()]
+        # The section after the current one is held ready in registers (loaded when the
+        # current one starts), so a section's last take only copies them: the take feeds
+        # a two-way choice per register, not a choice by phase of the geometry values.
+        nxt_phase = Signal(Phase)
+        nxt_left = Signal(32)
+        nxt_one = Signal()
+        nxt_w = Signal(rec_bits)
+        nxt_wl = Signal(rec_bits)
+        loading = Signal()                  # phase is CODEBOOK, PARAMS, ACTS or WEIGHTS
 
-        def start_section(ph, n):
+        def load_next(ph):
+            if ph == Phase.DRAIN:
+                return [nxt_phase.eq(Phase.DRAIN)]
             w, wl = section_width[ph]
-            return [phase.eq(ph), left.eq(n), left_one.eq(n == 1), idx.eq(0),
-                    width.eq(w), width_last.eq(wl)]
+            return [nxt_phase.eq(ph), nxt_left.eq(section_count[ph]),
+                    nxt_one.eq(section_one[ph]), nxt_w.eq(w), nxt_wl.eq(wl)]
 
+        def start_section(ph, then):
+            w, wl = section_width[ph]
+            return [phase.eq(ph), loading.eq(1), left.eq(section_count[ph]),
+                    left_one.eq(section_one[ph]), idx.eq(0), width.eq(w), width_last.eq(wl),
+                    *load_next(then)]
+
+        with m.If(take & last & loading):
+            m.d.sync += [phase.eq(nxt_phase), loading.eq(nxt_phase != Phase.DRAIN),
+                         left.eq(nxt_left), left_one.eq(nxt_one), idx.eq(0),
+                         width.eq(nxt_w), width_last.eq(nxt_wl)]
+            with m.Switch(nxt_phase):
+                for cur, then in ((Phase.PARAMS, Phase.ACTS), (Phase.ACTS, Phase.WEIGHTS),
+                                  (Phase.WEIGHTS, Phase.DRAIN)):
+                    with m.Case(cur):
+                        m.d.sync += load_next(then)
         with m.Switch(phase):
             with m.Case(Phase.IDLE):
                 with m.If(take):
@@ -199,21 +230,9 @@ class SectionLoader(wiring.Component):
                         m.d.sync += hdr.eq(gb.head[:HEADER_BITS])
                     with m.If(dcnt == self.DECODE_CYCLES - 1):
                         with m.If(is_int):
-                            m.d.sync += start_section(Phase.PARAMS, hdr.rows)
+                            m.d.sync += start_section(Phase.PARAMS, Phase.ACTS)
                         with m.Else():
-                            m.d.sync += start_section(Phase.CODEBOOK, cb_records)
-            with m.Case(Phase.CODEBOOK):
-                with m.If(take & last):
-                    m.d.sync += start_section(Phase.PARAMS, hdr.rows)
-            with m.Case(Phase.PARAMS):
-                with m.If(take & last):
-                    m.d.sync += start_section(Phase.ACTS, groups)
-            with m.Case(Phase.ACTS):
-                with m.If(take & last):
-                    m.d.sync += start_section(Phase.WEIGHTS, total_groups)
-            with m.Case(Phase.WEIGHTS):
-                with m.If(take & last):
-                    m.d.sync += phase.eq(Phase.DRAIN)
+                            m.d.sync += start_section(Phase.CODEBOOK, Phase.PARAMS)
             with m.Case(Phase.DRAIN):
                 with m.If(self.layer_done):
                     m.d.sync += [phase.eq(Phase.IDLE), width.eq(HEADER_BITS),
@@ -224,11 +243,11 @@ class SectionLoader(wiring.Component):
         q = Signal(range(max(self.gmax, 2)))
         r = Signal(16)
         q_last = Signal()
-        m.d.comb += q_last.eq(q == groups - 1)
+        m.d.comb += q_last.eq(q == geo["groups_m1"])
         tag = {"cb": take & (phase == Phase.CODEBOOK), "prm": take & (phase == Phase.PARAMS),
                "act": take & (phase == Phase.ACTS), "w": take & (phase == Phase.WEIGHTS),
                "idx": idx, "first": q == 0, "last": q_last, "row": r, "q": q,
-               "lastrow": r == hdr.rows - 1}
+               "lastrow": r == geo["rows_m1"]}
         for s in range(Gearbox.LATENCY):
             nxt_tag = {k: Signal(len(Value.cast(v)), name=f"rec{s}_{k}") for k, v in tag.items()}
             with m.If(en):
@@ -281,7 +300,11 @@ class SectionLoader(wiring.Component):
         fwidth = reg(hdr.code_bits + hdr.coef_bits, "fwidth", 8)
         fshift = reg((lm - hdr.log2_d + hdr.m - 1).as_unsigned()[:6], "fshift", 6)
         int_bits = reg(hdr.bits << lm, "int_grp_bits", range(cfg.max_group_bits + 1))
+        # the last row's index (1) and the last group's in a row (2): the issue's
+        # compares then have no subtraction in front of them
+        rows_m1 = reg(hdr.rows - 1, "rows_m1", 16)
         # 2: codebook beats, slot bits, acts beats
+        groups_m1 = reg(groups - 1, "groups_m1", len(groups))
         cb_beats = reg(Mux(e >= lb, Const(1, 1) << (e - lb).as_unsigned()[:6], 1), "cb_beats", 32)
         slots = reg(fwidth << fshift, "slot_bits", range(cfg.max_group_bits + 1))
         act_beats = reg(ceil_shift(groups << (lm + log2(ACT_BITS)), lb), "act_beats", 32)
@@ -311,7 +334,8 @@ class SectionLoader(wiring.Component):
         prm_last = last(PARAM_BITS, hdr.rows << log2(PARAM_BITS), "prm_last")
         act_last = last(cfg.mults * ACT_BITS, groups << (lm + log2(ACT_BITS)), "act_last")
         grp_last = last(grp_bits, wbits, "grp_last")
-        return {"cw_bits": cw_bits, "cb_records": cb_records, "cb_beats": cb_beats,
+        return {"rows_m1": rows_m1, "groups_m1": groups_m1,
+                "cw_bits": cw_bits, "cb_records": cb_records, "cb_beats": cb_beats,
                 "prm_beats": prm_beats, "act_beats": act_beats, "grp_bits": grp_bits,
                 "total_groups": total_groups, "w_beats": w_beats, "cw_last": cw_last,
                 "prm_last": prm_last, "act_last": act_last, "grp_last": grp_last}
