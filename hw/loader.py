@@ -102,55 +102,87 @@ class SectionLoader(wiring.Component):
         groups, cw_bits, cb_records = self.groups, geo["cw_bits"], geo["cb_records"]
         cb_beats, prm_beats, act_beats = geo["cb_beats"], geo["prm_beats"], geo["act_beats"]
         grp_bits, total_groups, w_beats = geo["grp_bits"], geo["total_groups"], geo["w_beats"]
-        is_int = hdr.mode == Mode.INT
+        is_int = geo["is_int"]
         dcnt = Signal(range(self.DECODE_CYCLES))
+
+        # counters of beats and records: wide enough for the largest section a header
+        # the build accepts can describe (hw.accel's cause check refuses the rest)
+        count = range(max(hb, cfg.m_max * cfg.kmax * cfg.d_max * CW_BITS // bus + 1,
+                          cfg.max_rows * PARAM_BITS // bus + 1, self.gmax * cfg.mults,
+                          cfg.max_rows * self.gmax * cfg.max_group_bits // bus + 1,
+                          cfg.max_rows * self.gmax, cfg.m_max * cfg.kmax) + 1)
 
         # ---- input side. Counters count down; "one" flags say a counter is at 1 (the
         # next accepted beat is the section's last) so no wide compare is on a path.
         in_phase = Signal(InPhase)
-        in_left = Signal(32, init=hb)
+        in_left = Signal(count, init=hb)
         in_one = Signal(init=hb == 1)
         in_first = Signal(init=1)                 # no header beat accepted yet
         phase = Signal(Phase)
         decode_done = Signal()
         m.d.comb += decode_done.eq((phase == Phase.DECODE) & (dcnt == self.DECODE_CYCLES - 1)
                                    & ~self.halt)
+        # in_allow: in_phase is not WAIT or DONE, a register set with in_phase, so the
+        # input's ready is one gate of three flip-flops (allow, halt, the gearbox's room)
+        in_allow = Signal(init=1)
         m.d.comb += [self.in_phase.eq(in_phase),
-                     gb.i_allow.eq((in_phase != InPhase.WAIT) & (in_phase != InPhase.DONE)
-                                   & ~self.halt),
+                     gb.i_allow.eq(in_allow & ~self.halt),
                      self.last_beat.eq((in_phase == InPhase.WEIGHTS) & in_one),
                      # the cause check (hw.top) reads the header once it is latched
                      self.decoding.eq((phase == Phase.DECODE) & (dcnt >= Gearbox.LATENCY)),
                      self.started.eq(self.accept & (in_phase == InPhase.HEADER) & in_first)]
         accept = self.accept
 
-        def in_load(n):
-            return [in_left.eq(n), in_one.eq(n == 1)]
+        # As on the consumer side, the next section's beat count and one-flag wait in
+        # registers, so a section's last beat only copies them.
+        in_beats = {InPhase.CODEBOOK: cb_beats, InPhase.PARAMS: prm_beats,
+                    InPhase.ACTS: act_beats, InPhase.WEIGHTS: w_beats}
+        in_beats_one = {ph: Signal(name=f"in_one_{ph.name.lower()}") for ph in in_beats}
+        m.d.sync += [in_beats_one[ph].eq(n == 1) for ph, n in in_beats.items()]
+        in_after = {InPhase.CODEBOOK: InPhase.PARAMS, InPhase.PARAMS: InPhase.ACTS,
+                    InPhase.ACTS: InPhase.WEIGHTS, InPhase.WEIGHTS: InPhase.DONE}
+        in_nxt_phase = Signal(InPhase)
+        in_nxt_left = Signal(count)
+        in_nxt_one = Signal()
+        in_loading = Signal()                  # in_phase is CODEBOOK .. WEIGHTS
+
+        def in_go(ph):
+            return [in_phase.eq(ph), in_allow.eq(ph not in (InPhase.WAIT, InPhase.DONE))]
+
+        def in_next(ph):
+            if ph == InPhase.DONE:
+                return [in_nxt_phase.eq(InPhase.DONE)]
+            return [in_nxt_phase.eq(ph), in_nxt_left.eq(in_beats[ph]),
+                    in_nxt_one.eq(in_beats_one[ph])]
+
+        def in_start(ph):
+            return [*in_go(ph), in_loading.eq(1), in_left.eq(in_beats[ph]),
+                    in_one.eq(in_beats_one[ph]), *in_next(in_after[ph])]
 
         with m.If(accept):
             m.d.sync += [in_left.eq(in_left - 1), in_one.eq(in_left == 2), in_first.eq(0)]
+        with m.If(accept & in_one & in_loading):
+            m.d.sync += [in_phase.eq(in_nxt_phase), in_allow.eq(in_nxt_phase != InPhase.DONE),
+                         in_loading.eq(in_nxt_phase != InPhase.DONE),
+                         in_left.eq(in_nxt_left), in_one.eq(in_nxt_one)]
+            with m.Switch(in_nxt_phase):
+                for cur in (InPhase.PARAMS, InPhase.ACTS, InPhase.WEIGHTS):
+                    with m.Case(cur):
+                        m.d.sync += in_next(in_after[cur])
         with m.Switch(in_phase):
             with m.Case(InPhase.HEADER):
                 with m.If(accept & in_one):
-                    m.d.sync += in_phase.eq(InPhase.WAIT)
+                    m.d.sync += in_go(InPhase.WAIT)
             with m.Case(InPhase.WAIT):
                 with m.If(decode_done):
                     with m.If(is_int):
-                        m.d.sync += [in_phase.eq(InPhase.PARAMS), *in_load(prm_beats)]
+                        m.d.sync += in_start(InPhase.PARAMS)
                     with m.Else():
-                        m.d.sync += [in_phase.eq(InPhase.CODEBOOK), *in_load(cb_beats)]
-            for cur, nxt, n in ((InPhase.CODEBOOK, InPhase.PARAMS, prm_beats),
-                                (InPhase.PARAMS, InPhase.ACTS, act_beats),
-                                (InPhase.ACTS, InPhase.WEIGHTS, w_beats)):
-                with m.Case(cur):
-                    with m.If(accept & in_one):
-                        m.d.sync += [in_phase.eq(nxt), *in_load(n)]
-            with m.Case(InPhase.WEIGHTS):
-                with m.If(accept & in_one):
-                    m.d.sync += in_phase.eq(InPhase.DONE)
+                        m.d.sync += in_start(InPhase.CODEBOOK)
             with m.Case(InPhase.DONE):
                 with m.If(self.layer_done):
-                    m.d.sync += [in_phase.eq(InPhase.HEADER), *in_load(hb), in_first.eq(1)]
+                    m.d.sync += [*in_go(InPhase.HEADER), in_left.eq(hb), in_one.eq(hb == 1),
+                                 in_first.eq(1)]
 
         # ---- consumer: which record it wants, and taking it. A section's records all
         # have one width, and a section starts on a beat boundary, so the padding after
@@ -162,9 +194,9 @@ class SectionLoader(wiring.Component):
         width = Signal(rec_bits, init=HEADER_BITS)
         width_last = Signal(rec_bits, init=hdr_last)
         want = Signal()
-        left = Signal(32)
+        left = Signal(count)
         left_one = Signal()
-        idx = Signal(32)
+        idx = Signal(count)
         with m.Switch(phase):
             with m.Case(Phase.IDLE, Phase.CODEBOOK, Phase.PARAMS, Phase.ACTS):
                 m.d.comb += want.eq(1)
@@ -191,7 +223,7 @@ class SectionLoader(wiring.Component):
         # current one starts), so a section's last take only copies them: the take feeds
         # a two-way choice per register, not a choice by phase of the geometry values.
         nxt_phase = Signal(Phase)
-        nxt_left = Signal(32)
+        nxt_left = Signal(count)
         nxt_one = Signal()
         nxt_w = Signal(rec_bits)
         nxt_wl = Signal(rec_bits)
@@ -281,20 +313,19 @@ class SectionLoader(wiring.Component):
         cycles after the header is latched; all are by GEOMETRY_STAGES."""
         cfg = self.cfg
         lb, lm = log2(cfg.bus), log2(cfg.mults)
-        is_int = hdr.mode == Mode.INT
-        is_ssvq = hdr.mode == Mode.SSVQ
 
         def reg(value, name, width):
             r = Signal(width, name=name)
             m.d.sync += r.eq(value)
             return r
 
-        # 1: sums and simple shifts
+        # 1: sums and simple shifts; the mode tests (an 8-bit compare each) registered
+        is_int = reg(hdr.mode == Mode.INT, "is_int", 1)
+        is_ssvq = reg(hdr.mode == Mode.SSVQ, "is_ssvq", 1)
         groups = self.groups
         m.d.sync += groups.eq(ceil_shift(hdr.cols, lm))
         cw_bits = reg(CW_BITS << hdr.log2_d, "cw_bits", range(cfg.d_max * CW_BITS + 1))
-        cb_records = reg(Mux(is_int, 0, hdr.m << hdr.code_bits), "cb_records",
-                         range(cfg.m_max * cfg.kmax + 1))
+        m_codes = reg(hdr.m << hdr.code_bits, "m_codes", range(cfg.m_max * cfg.kmax + 1))
         e = reg(hdr.code_bits + hdr.log2_d + log2(CW_BITS) + (hdr.m == 2), "cb_e", 8)
         prm_beats = reg(ceil_shift(hdr.rows << log2(PARAM_BITS), lb), "prm_beats", 32)
         fwidth = reg(hdr.code_bits + hdr.coef_bits, "fwidth", 8)
@@ -303,7 +334,8 @@ class SectionLoader(wiring.Component):
         # the last row's index (1) and the last group's in a row (2): the issue's
         # compares then have no subtraction in front of them
         rows_m1 = reg(hdr.rows - 1, "rows_m1", 16)
-        # 2: codebook beats, slot bits, acts beats
+        # 2: codebook records and beats, slot bits, acts beats
+        cb_records = reg(Mux(is_int, 0, m_codes), "cb_records", len(m_codes))
         groups_m1 = reg(groups - 1, "groups_m1", len(groups))
         cb_beats = reg(Mux(e >= lb, Const(1, 1) << (e - lb).as_unsigned()[:6], 1), "cb_beats", 32)
         slots = reg(fwidth << fshift, "slot_bits", range(cfg.max_group_bits + 1))
@@ -326,7 +358,7 @@ class SectionLoader(wiring.Component):
         def last(w, section_bits, name):
             low = Value.cast(section_bits)[:lb]
             return reg(w + (-low)[:lb].as_unsigned(), name, rb)
-        # 3 (codebook: m << code_bits records of 8 << log2_d bits; the variable shift of
+        # 4 (codebook: m << code_bits records of 8 << log2_d bits; the variable shift of
         # the section's low bits a stage of its own), 1 (params: 64-bit records), 2 (acts:
         # G records of mults x 8 bits), 8 (weights: wbits)
         cb_low = reg((cb_records[:lb] << (hdr.log2_d + log2(CW_BITS))[:5])[:lb], "cb_low", lb)
@@ -334,7 +366,7 @@ class SectionLoader(wiring.Component):
         prm_last = last(PARAM_BITS, hdr.rows << log2(PARAM_BITS), "prm_last")
         act_last = last(cfg.mults * ACT_BITS, groups << (lm + log2(ACT_BITS)), "act_last")
         grp_last = last(grp_bits, wbits, "grp_last")
-        return {"rows_m1": rows_m1, "groups_m1": groups_m1,
+        return {"is_int": is_int, "rows_m1": rows_m1, "groups_m1": groups_m1,
                 "cw_bits": cw_bits, "cb_records": cb_records, "cb_beats": cb_beats,
                 "prm_beats": prm_beats, "act_beats": act_beats, "grp_bits": grp_bits,
                 "total_groups": total_groups, "w_beats": w_beats, "cw_last": cw_last,
