@@ -93,8 +93,7 @@ class SectionLoader(wiring.Component):
         en = self.en
 
         m.d.comb += [gb.i_valid.eq(i_s.valid), gb.i_data.eq(i_s.payload), gb.en.eq(en),
-                     i_s.ready.eq(gb.i_ready), self.accept.eq(i_s.valid & gb.i_ready),
-                     self.w_data.eq(gb.head)]
+                     i_s.ready.eq(gb.i_ready), self.accept.eq(i_s.valid & gb.i_ready)]
 
         # ---- layer geometry: a pipeline of registers from the latched header, settled
         # GEOMETRY_STAGES cycles after it (the header does not change during DECODE)
@@ -290,12 +289,16 @@ class SectionLoader(wiring.Component):
         with m.If((phase == Phase.ACTS) & take & last):
             m.d.sync += [q.eq(0), r.eq(0)]
 
-        # ---- memory writes, from the record on `head`
+        # ---- memory writes, from the record on `head`, through one register: the block
+        # RAMs sit across the die, so nothing but a route is between a flip-flop and their
+        # write pins (a write lands a cycle later; the first read of anything written is
+        # at least two cycles after the section's last write: docs/ARCH.md)
         code_bits = hdr.code_bits
-        kmask = ((Const(1, 1) << code_bits) - 1).as_unsigned()[:len(self.cb_w_addr)]
+        kmask = Signal(len(self.cb_w_addr))          # the layer's, set during DECODE
+        m.d.sync += kmask.eq(((Const(1, 1) << code_bits) - 1).as_unsigned()[:len(kmask)])
         for i in range(cfg.m_max):
-            m.d.comb += self.cb_w_en[i].eq(tag["cb"] & ((tag["idx"] >> code_bits) == i))
-        m.d.comb += [self.cb_w_addr.eq(tag["idx"] & kmask),
+            m.d.sync += self.cb_w_en[i].eq(tag["cb"] & ((tag["idx"] >> code_bits) == i))
+        m.d.sync += [self.cb_w_addr.eq(tag["idx"] & kmask), self.w_data.eq(gb.head),
                      self.prm_w_en.eq(tag["prm"]), self.prm_w_addr.eq(tag["idx"]),
                      self.act_w_en.eq(tag["act"]), self.act_w_addr.eq(tag["idx"])]
 
