@@ -6,7 +6,7 @@ from amaranth.sim import Simulator
 
 from hw.accel import Accelerator
 from sim import golden
-from ssvq.config import COUNTERS, AccelConfig, LayerConfig
+from ssvq.config import COUNTERS, AccelConfig
 from ssvq.image import pack_layer
 from ssvq.reference import output_beats, outputs
 from tests.rtl_helpers import random_layer

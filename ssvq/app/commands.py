@@ -94,7 +94,7 @@ def report_cmd(args) -> int:
 
 
 def synth_cmd(args) -> int:
-    from hw.synth import TOP, SynthError, synthesize
+    from hw.synth import SynthError, synthesize
 
     cfg = load_build_config(args.config) if args.config else AccelConfig()
     text = getattr(args, "speeds", "6,8")
