@@ -300,18 +300,13 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
             st = qm.sign_stats()
             row.update(frozen_fraction=st["frozen_fraction"], sign_flips=st["flips"],
                        signs_changed=st["changed"], signs=st["signs"])
-            d = out / "images" / key
-            write_model_images(d, imgs, meta={"model": "minilm", "trained": True,
-                                              "spec": spec.to_dict()})
-            row["images"] = str(d.relative_to(out))
-            row.update(check_rtl(d, out / "rtl" / key, "verilator"))
-        elif key in extra:
-            d = out / "images" / key
-            write_model_images(d, imgs, meta={"model": "minilm", "trained": True,
-                                              "spec": spec.to_dict()})
-            row["images"] = str(d.relative_to(out))
-            row["configs"] = sorted({im.config.name for im in imgs})
-            row.update(check_rtl(d, out / "rtl" / key, "verilator"))
+        # every trained row's images are written and run on the generated Verilog
+        d = out / "images" / key
+        write_model_images(d, imgs, meta={"model": "minilm", "trained": True,
+                                          "spec": spec.to_dict()})
+        row["images"] = str(d.relative_to(out))
+        row["configs"] = sorted({im.config.name for im in imgs})
+        row.update(check_rtl(d, out / "rtl" / key, "verilator"))
         add(row, t0)
         del qm
     _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, threads,
@@ -427,7 +422,7 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
         "36 layers as int8 (int4) images over the row's cycles, each layer in its own "
         "configuration, on the default build (sim.cost, the RTL's cycle counter). "
         "`rtl_bit_exact`: the generated Verilog on Verilator, one layer per shape, against "
-        "the golden outputs, cycles and counters (trained SSVQ and training-method rows).",
+        "the golden outputs, cycles and counters (every trained row).",
         "",
     ]
     s8 = _best(rows, config="ssvq-k256-d8", trained=True)
