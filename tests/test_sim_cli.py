@@ -55,3 +55,18 @@ def test_version_1_image_set(images, tmp_path, capsys):
 def test_bad_build_config_field(images, tmp_path, capsys):
     rc, err = _sim(images, tmp_path, capsys, "--build-config", _build(tmp_path, kmax=300))
     assert rc == 2 and "kmax: expected a power of two, found 300" in err, err
+
+
+def test_verilog_cache_key_is_the_loaded_code_not_the_files_now(monkeypatch):
+    """sim.runner keys generated Verilog by hw.SOURCE_DIGEST, taken when hw was
+    imported: a process whose modules predate an edit must not file its design
+    under the digest of the edited files (a long quality run did, and a later
+    simulation reused Verilog one pipeline stage short)."""
+    import hashlib
+
+    import hw
+    from sim import runner
+    assert hw.SOURCE_DIGEST == hw._digest()          # nothing edited during the tests
+    before = runner._source_digest()
+    monkeypatch.setattr(hw, "SOURCE_DIGEST", hashlib.sha256(b"older code").hexdigest())
+    assert runner._source_digest() != before
