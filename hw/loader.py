@@ -228,6 +228,9 @@ class SectionLoader(wiring.Component):
         nxt_wl = Signal(rec_bits)
         loading = Signal()                  # phase is CODEBOOK, PARAMS, ACTS or WEIGHTS
 
+        after = {Phase.CODEBOOK: Phase.PARAMS, Phase.PARAMS: Phase.ACTS,
+                 Phase.ACTS: Phase.WEIGHTS, Phase.WEIGHTS: Phase.DRAIN}
+
         def load_next(ph):
             if ph == Phase.DRAIN:
                 return [nxt_phase.eq(Phase.DRAIN)]
@@ -235,21 +238,20 @@ class SectionLoader(wiring.Component):
             return [nxt_phase.eq(ph), nxt_left.eq(section_count[ph]),
                     nxt_one.eq(section_one[ph]), nxt_w.eq(w), nxt_wl.eq(wl)]
 
-        def start_section(ph, then):
+        def start_section(ph):
             w, wl = section_width[ph]
             return [phase.eq(ph), loading.eq(1), left.eq(section_count[ph]),
                     left_one.eq(section_one[ph]), idx.eq(0), width.eq(w), width_last.eq(wl),
-                    *load_next(then)]
+                    *load_next(after[ph])]
 
         with m.If(take & last & loading):
             m.d.sync += [phase.eq(nxt_phase), loading.eq(nxt_phase != Phase.DRAIN),
                          left.eq(nxt_left), left_one.eq(nxt_one), idx.eq(0),
                          width.eq(nxt_w), width_last.eq(nxt_wl)]
             with m.Switch(nxt_phase):
-                for cur, then in ((Phase.PARAMS, Phase.ACTS), (Phase.ACTS, Phase.WEIGHTS),
-                                  (Phase.WEIGHTS, Phase.DRAIN)):
+                for cur in (Phase.PARAMS, Phase.ACTS, Phase.WEIGHTS):
                     with m.Case(cur):
-                        m.d.sync += load_next(then)
+                        m.d.sync += load_next(after[cur])
         with m.Switch(phase):
             with m.Case(Phase.IDLE):
                 with m.If(take):
@@ -261,9 +263,9 @@ class SectionLoader(wiring.Component):
                         m.d.sync += hdr.eq(gb.head[:HEADER_BITS])
                     with m.If(dcnt == self.DECODE_CYCLES - 1):
                         with m.If(is_int):
-                            m.d.sync += start_section(Phase.PARAMS, Phase.ACTS)
+                            m.d.sync += start_section(Phase.PARAMS)
                         with m.Else():
-                            m.d.sync += start_section(Phase.CODEBOOK, Phase.PARAMS)
+                            m.d.sync += start_section(Phase.CODEBOOK)
             with m.Case(Phase.DRAIN):
                 with m.If(self.layer_done):
                     m.d.sync += [phase.eq(Phase.IDLE), width.eq(HEADER_BITS),

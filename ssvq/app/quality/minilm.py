@@ -253,10 +253,10 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     # post-training rows; the trained rows start from the same wrapped model
     for key in ptq + [k for k, _ in plan if k not in ptq]:
         if key == "nas":
-            rows_nas = _nas_row(task, out, 60.0 * split[key], corpus, probe, calib_run,
-                                evaluate, hardware, seed)
-            trajectories["nas"] = rows_nas.pop("trajectory")
-            add(rows_nas, rows_nas.pop("t0"))
+            t0 = time.perf_counter()
+            row, trajectories["nas"] = _nas_row(task, out, 60.0 * split[key], corpus, probe,
+                                                calib_run, evaluate, hardware, seed)
+            add(row, t0)
             continue
         method, spec = specs[key]
         t0 = time.perf_counter()
@@ -315,11 +315,10 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
 
 
 def _nas_row(task: MiniLMTask, out: Path, budget_s: float, corpus: dict, probe: list[str],
-             calib_run, evaluate, hardware, seed: int) -> dict:
+             calib_run, evaluate, hardware, seed: int) -> tuple[dict, list[dict]]:
     """The `nas` row (ssvq.app.quality.nas.search_minilm): search, choose, fine-tune,
     export on the search's build with the plan file beside the images, RTL check.
-    The row carries "t0" and "trajectory" for the caller to take out."""
-    t0 = time.perf_counter()
+    Returns the row and the probe-set trajectory (search, then fine-tuning)."""
     say(f"training nas for {budget_s / 60:.2f} min ({nas.SEARCH_SHARE:.2f} of it searching, "
         f"the rest fine-tuning the chosen layers) ...")
 
@@ -347,11 +346,9 @@ def _nas_row(task: MiniLMTask, out: Path, budget_s: float, corpus: dict, probe: 
     row.update(images=str(d.relative_to(out)), plan=str(plan_path.relative_to(out)),
                configs=sorted({im.config.name for im in imgs}))
     row.update(check_rtl(d, out / "rtl" / "nas", "verilator"))
-    row["trajectory"] = [{k: r[k] for k in r if k.startswith("eval_") or k in
-                          ("step", "seconds", "progress")} for r in log
-                         if "eval_mean_cosine" in r]
-    row["t0"] = t0
-    return row
+    trajectory = [{k: r[k] for k in r if k.startswith("eval_") or k in
+                   ("step", "seconds", "progress")} for r in log if "eval_mean_cosine" in r]
+    return row, trajectory
 
 
 def _best(rows, **kw):
