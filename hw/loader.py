@@ -360,9 +360,11 @@ class SectionLoader(wiring.Component):
         rb = range(cfg.max_record_bits + cfg.bus + 1)
 
         # (only the section's low lb bits matter: the padding is worked out on them alone)
+        # (2**lb - low, not -low: a section size narrower than lb bits, e.g. the acts'
+        # `groups << 3` at max_cols = 1, made -low too narrow and the padding wrong)
         def last(w, section_bits, name):
             low = Value.cast(section_bits)[:lb]
-            return reg(w + (-low)[:lb].as_unsigned(), name, rb)
+            return reg(w + (Const(1 << lb, lb + 1) - low)[:lb], name, rb)
         # 4 (codebook: m << code_bits records of 8 << log2_d bits; the variable shift of
         # the section's low bits a stage of its own), 1 (params: 64-bit records), 2 (acts:
         # G records of mults x 8 bits), 8 (weights: wbits)

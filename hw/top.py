@@ -28,7 +28,7 @@ register block reads a bank latched in that cycle (when the counters are final),
 so software reading CNT_* after the done interrupt always gets the finished
 layer's values, however soon the next layer starts.
 """
-from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -54,7 +54,19 @@ class AcceleratorTop(wiring.Component):
         m = Module()
         soft = Signal()
         core = Accelerator(cfg)
-        m.submodules.core = ResetInserter(soft)(core)
+        # The core's reset is one flip-flop (`core_rst`, set by rst and by a soft reset,
+        # the core's clock domain's only reset): a gate of rst and the soft-reset bit
+        # in front of all the core's flip-flops was the worst path of the whole design
+        # (a LUT and three long routes). The core is cleared a cycle later than the top,
+        # so in the cycle core_rst is high the top hides the core: no input beat is
+        # taken (tready low), no output beat is offered, busy reads low and no error or
+        # layer end is latched. After a reset the first beat is taken one cycle later;
+        # every later cycle of a layer counts from its first header beat, as before.
+        core_rst = Signal(init=1)
+        m.d.sync += core_rst.eq(soft)
+        m.domains.core = cd = ClockDomain("core", local=True)
+        m.d.comb += [cd.clk.eq(ClockSignal("sync")), cd.rst.eq(core_rst)]
+        m.submodules.core = DomainRenamer("core")(core)
         m.submodules.regs = regs = AxiLiteRegs(ADDR_BITS)
         for name in axil_members(ADDR_BITS):
             a, b = getattr(self, name), getattr(regs, name)
@@ -64,28 +76,39 @@ class AcceleratorTop(wiring.Component):
             m.d.comb += getattr(regs, n).eq(v)
         m.d.comb += [soft.eq(r("CTRL", "soft_reset")), regs.clear.eq(soft)]
 
-        # ---- error latch (cleared by rst and soft reset)
+        # ---- error latch (cleared by rst and soft reset). `blocked` is err | core_rst
+        # as one flip-flop of its own (same next-state rules), so the input's valid
+        # gate is one flip-flop, as before the core reset had its register.
         err = Signal()
+        blocked = Signal(init=1)
         cause = Signal(4)
         i_s, o_s = core.i_stream, core.o_stream
         fire = Signal()
-        m.d.comb += [i_s.valid.eq(self.s_axis_tvalid & ~err), i_s.payload.eq(self.s_axis_tdata),
-                     self.s_axis_tready.eq(i_s.ready | err),
-                     fire.eq(self.s_axis_tvalid & i_s.ready & ~err),
+        err_set = Signal()
+        new_cause = Signal(4)
+        m.d.comb += [i_s.valid.eq(self.s_axis_tvalid & ~blocked),
+                     i_s.payload.eq(self.s_axis_tdata),
+                     self.s_axis_tready.eq((i_s.ready & ~core_rst) | err),
+                     fire.eq(self.s_axis_tvalid & i_s.ready & ~blocked),
                      # registered: the loader's DECODE outlasts the cause check by far
                      core.halt.eq(err)]
-        with m.If(~err):
+        with m.If(~blocked):
             with m.If(core.hdr_cause != 0):
-                m.d.sync += [err.eq(1), cause.eq(core.hdr_cause)]
+                m.d.comb += [err_set.eq(1), new_cause.eq(core.hdr_cause)]
             with m.Elif(fire & self.s_axis_tlast & ~core.in_last):
-                m.d.sync += [err.eq(1), cause.eq(CAUSES["tlast_early"])]
+                m.d.comb += [err_set.eq(1), new_cause.eq(CAUSES["tlast_early"])]
             with m.Elif(fire & ~self.s_axis_tlast & core.in_last):
-                m.d.sync += [err.eq(1), cause.eq(CAUSES["tlast_missing"])]
+                m.d.comb += [err_set.eq(1), new_cause.eq(CAUSES["tlast_missing"])]
+        with m.If(err_set):
+            m.d.sync += [err.eq(1), blocked.eq(1), cause.eq(new_cause)]
+        with m.Elif(~err):
+            m.d.sync += blocked.eq(0)
         err_q = Signal()
         m.d.sync += err_q.eq(err)
 
         # ---- output stream
-        m.d.comb += [self.m_axis_tdata.eq(o_s.payload), self.m_axis_tvalid.eq(o_s.valid),
+        m.d.comb += [self.m_axis_tdata.eq(o_s.payload),
+                     self.m_axis_tvalid.eq(o_s.valid & ~core_rst),
                      o_s.ready.eq(self.m_axis_tready), self.m_axis_tlast.eq(core.o_last)]
 
         # ---- counter bank, layer count, done: latched the cycle after layer_done
@@ -93,24 +116,25 @@ class AcceleratorTop(wiring.Component):
         done = Signal()
         layers = Signal(32)
         bank = {c: Signal(COUNTER_BITS, name=f"bank_{c}") for c in COUNTERS}
-        m.d.sync += done_q.eq(core.layer_done)
+        m.d.sync += done_q.eq(core.layer_done & ~core_rst)
         with m.If(core.started):
             m.d.sync += done.eq(0)
         with m.If(done_q):
             m.d.sync += [done.eq(1), layers.eq(layers + 1)]
             m.d.sync += [bank[c].eq(getattr(core, f"cnt_{c}")) for c in COUNTERS]
         with m.If(soft):
-            m.d.sync += [err.eq(0), cause.eq(0), err_q.eq(0), done_q.eq(0), done.eq(0),
-                         layers.eq(0)] + [b.eq(0) for b in bank.values()]
+            m.d.sync += [err.eq(0), blocked.eq(1), cause.eq(0), err_q.eq(0), done_q.eq(0),
+                         done.eq(0), layers.eq(0)] + [b.eq(0) for b in bank.values()]
 
         for c in COUNTERS:
             m.d.comb += r(COUNTER_REGS[c], "value").eq(bank[c])
-        m.d.comb += [r("STATUS", "busy").eq(core.busy), r("STATUS", "done").eq(done),
+        busy = core.busy & ~core_rst
+        m.d.comb += [r("STATUS", "busy").eq(busy), r("STATUS", "done").eq(done),
                      r("STATUS", "error").eq(err), r("STATUS", "cause").eq(cause),
                      r("LAYERS", "count").eq(layers),
                      getattr(regs, "irq_status_done_set").eq(done_q),
                      getattr(regs, "irq_status_error_set").eq(err & ~err_q),
-                     self.busy.eq(core.busy),
+                     self.busy.eq(busy),
                      self.irq.eq((r("IRQ_STATUS", "done") & r("IRQ_ENABLE", "done"))
                                  | (r("IRQ_STATUS", "error") & r("IRQ_ENABLE", "error")))]
         return m

@@ -22,7 +22,7 @@ def _gearbox_level_not_reset(text: str) -> str:
     if not nxt:
         raise SimError("mutant gearbox-level-not-reset: no `level <=` in the gearbox")
     sig = re.escape(nxt.group(1))
-    pat = re.compile(r"\n\s*if \(rst\) begin\n\s*" + sig + r"\s*= [^;]+;\n\s*end")
+    pat = re.compile(r"\n\s*if \((?:core_)?rst\) begin\n\s*" + sig + r"\s*= [^;]+;\n\s*end")
     new, n = pat.subn("", body)
     if n != 1:
         raise SimError(f"mutant gearbox-level-not-reset: expected one reset of {nxt.group(1)}, "

@@ -33,6 +33,10 @@ CONFIGS = {
     "b128": AccelConfig(kmax=16, d_set=(4,), mults=16, bus=128, max_rows=256, max_cols=256),
     "k4096": AccelConfig(kmax=4096, d_set=(8, 16), modes=("vq", "ssvq"), m_max=1,
                          coef_bits_max=0, mults=32, max_rows=64, max_cols=64),
+    # one multiplier and one column (the formal checks' shape): every section is a
+    # few bits, narrower than the bus' log2 (its padding once came out wrong here)
+    "narrow": AccelConfig(kmax=4, d_set=(1,), m_max=2, coef_bits_max=2, mults=1, bus=64,
+                          max_rows=16, max_cols=1),
 }
 VERILATOR_CONFIGS = ("default", "small")
 CASES = ([("icarus", c) for c in CONFIGS]
@@ -49,6 +53,8 @@ SHAPES = {
     "b128": [("int3", 7, 19), ("ssvq-k16-d4", 13, 37), ("vq-k4-d4-m2-c3", 5, 9),
              ("int1", 3, 40)],
     "k4096": [("ssvq-k4096-d16", 3, 40), ("vq-k4096-d8", 2, 17)],
+    "narrow": [("int1", 9, 1), ("int8", 5, 1), ("vq-k4-d1", 7, 1), ("ssvq-k2-d1", 3, 1),
+               ("vq-k4-d1-m2-c2", 4, 1), ("int3", 1, 1)],
 }
 STALL_SHAPES = {c: v[:4] for c, v in SHAPES.items()}
 
@@ -90,7 +96,7 @@ def test_modes_and_shapes(tmp_path, simulator, config):
     (counters must clear at each header), no stalls: bit-exact, and every
     output beat's cycle and every counter equal to the golden timing."""
     cfg = CONFIGS[config]
-    big = "ssvq-k16-d4" if config != "k4096" else "vq-k4096-d8"
+    big = {"k4096": "vq-k4096-d8", "narrow": "ssvq-k4-d1"}.get(config, "ssvq-k16-d4")
     shapes = SHAPES[config] + [(big, cfg.max_rows // 4, cfg.max_cols)]
     images = make_images(tmp_path, cfg, shapes, seed=zlib.crc32(config.encode()))
     summary = _simulate(images, simulator, tmp_path / "out", seed=3)
