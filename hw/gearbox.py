@@ -14,10 +14,18 @@ at least a beat wide (sim/golden.py; tests/test_cost.py).
 The consumer says which record it takes: `take` (a record this cycle), `last` (its
 section's last: the padding after it is dropped too) and the two widths of the
 section, `rec_width` and `rec_width_last` (registers of the consumer's, loaded when a section
-starts); `fits` (level >= width) says a record is there. The next level is picked
-from level, level - width and level - width_last, all three worked out in parallel
-with the compare (which is the sign of level - width), so the take decision feeds
-only a multiplexer in front of the one short increment that adds an accepted beat.
+starts). `fits` says the record the consumer wants is there (level >= its width); it
+is a register, worked out a cycle ahead, so the take decision (want & fits) is one gate
+of flip-flops and the level compare is off the take path. For that the consumer names
+the width its next record needs in each case: `need_stay` (nothing taken now: this
+record's width), `need_new` with `new` (nothing taken now and a new width from the next
+cycle on: a section's start after the header, or the next header), `need_take`
+(2 x width: a take leaves level - width, which must hold another record of the same
+width) and `need_last` (width_last + the next section's width). Each is compared with
+level and with level + bus (a beat accepted now) in parallel; new, take, last and
+accept only choose among the eight results. The next level is picked from level, level - width
+and level - width_last, worked out in parallel too, so the take feeds only a
+multiplexer in front of the one short increment that adds an accepted beat.
 
 The bits sit in a ring of `size` bits (a power of two, at least cap), written a
 whole beat at a time at word `wptr` and read from bit `rptr`; rptr + level is
@@ -44,7 +52,10 @@ class Gearbox(wiring.Component):
         super().__init__({
             "i_valid": In(1), "i_data": In(bus), "i_allow": In(1), "i_ready": Out(1),
             "take": In(1), "last": In(1), "rec_width": In(range(self.cap + 1)),
-            "rec_width_last": In(range(self.cap + 1)), "fits": Out(1), "en": In(1),
+            "rec_width_last": In(range(self.cap + 1)),
+            "need_stay": In(range(self.cap + 1)), "need_new": In(range(self.cap + 1)),
+            "new": In(1), "need_take": In(range(2 * self.cap + 1)),
+            "need_last": In(range(2 * self.cap + 1)), "fits": Out(1), "en": In(1),
             "head": Out(width), "level": Out(range(self.cap + 1)),
         })
 
@@ -72,11 +83,23 @@ class Gearbox(wiring.Component):
         less_w = Signal(range(-self.cap - 1, self.cap + 1))
         less_wl = Signal(range(-self.cap - 1, self.cap + 1))
         m.d.comb += [less_w.eq(level - self.rec_width),
-                     less_wl.eq(level - self.rec_width_last), self.fits.eq(less_w >= 0)]
+                     less_wl.eq(level - self.rec_width_last)]
         left = Signal(range(self.cap + 1))
         m.d.comb += left.eq(Mux(self.take, Mux(self.last, less_wl, less_w), level))
         # an accepted beat adds `bus`: an increment of the bits above the beat offset
         m.d.sync += self.level.eq(Mux(accept, left + bus, left))
+        # fits for the next cycle: level(next) >= width(next), from the three cases the
+        # consumer describes, each against level and level + bus (`level_bus`, kept
+        # beside level so no adder sits in front of the compares)
+        level_bus = Signal(range(self.cap + bus + 1), init=bus)
+        m.d.sync += level_bus.eq(Mux(accept, left + 2 * bus, left + bus))
+
+        def need(n):
+            return Mux(accept, level_bus >= n, level >= n)
+        m.d.sync += self.fits.eq(Mux(self.new, need(self.need_new),
+                                     Mux(self.take, Mux(self.last, need(self.need_last),
+                                                        need(self.need_take)),
+                                         need(self.need_stay))))
         with m.If(self.take):
             m.d.sync += rptr.eq(Mux(self.last, rptr + self.rec_width_last,
                                     rptr + self.rec_width))

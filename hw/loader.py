@@ -192,6 +192,11 @@ class SectionLoader(wiring.Component):
         hdr_last = hb * bus                              # the header and its padding
         width = Signal(rec_bits, init=HEADER_BITS)
         width_last = Signal(rec_bits, init=hdr_last)
+        # what the gearbox's registered `fits` needs (hw/gearbox.py): 2 x width, and
+        # width_last + the next section's width, loaded with width and width_last
+        need_bits = range(2 * (cfg.max_record_bits + bus) + 1)
+        width2 = Signal(need_bits, init=2 * HEADER_BITS)
+        need_last = Signal(need_bits)
         want = Signal()
         left = Signal(count)
         left_one = Signal()
@@ -206,7 +211,8 @@ class SectionLoader(wiring.Component):
         m.d.comb += [take.eq(want & gb.fits),
                      last.eq((phase == Phase.IDLE) | left_one),
                      gb.take.eq(take), gb.last.eq(last), gb.rec_width.eq(width),
-                     gb.rec_width_last.eq(width_last)]
+                     gb.rec_width_last.eq(width_last), gb.need_take.eq(width2),
+                     gb.need_last.eq(need_last)]
         with m.If(take):
             m.d.sync += [left.eq(left - 1), left_one.eq(left == 2), idx.eq(idx + 1)]
         section_width = {Phase.CODEBOOK: (cw_bits, geo["cw_last"]),
@@ -226,28 +232,38 @@ class SectionLoader(wiring.Component):
         nxt_one = Signal()
         nxt_w = Signal(rec_bits)
         nxt_wl = Signal(rec_bits)
+        nxt_need_last = Signal(need_bits)
         loading = Signal()                  # phase is CODEBOOK, PARAMS, ACTS or WEIGHTS
 
         after = {Phase.CODEBOOK: Phase.PARAMS, Phase.PARAMS: Phase.ACTS,
                  Phase.ACTS: Phase.WEIGHTS, Phase.WEIGHTS: Phase.DRAIN}
+
+        def need_after_last(ph):
+            # the bits a section's last take must leave for the next section's first
+            # record (after the weights: none, DRAIN takes nothing)
+            nxt = after[ph]
+            return section_width[ph][1] + (section_width[nxt][0] if nxt != Phase.DRAIN else 0)
 
         def load_next(ph):
             if ph == Phase.DRAIN:
                 return [nxt_phase.eq(Phase.DRAIN)]
             w, wl = section_width[ph]
             return [nxt_phase.eq(ph), nxt_left.eq(section_count[ph]),
-                    nxt_one.eq(section_one[ph]), nxt_w.eq(w), nxt_wl.eq(wl)]
+                    nxt_one.eq(section_one[ph]), nxt_w.eq(w), nxt_wl.eq(wl),
+                    nxt_need_last.eq(need_after_last(ph))]
 
         def start_section(ph):
             w, wl = section_width[ph]
             return [phase.eq(ph), loading.eq(1), left.eq(section_count[ph]),
                     left_one.eq(section_one[ph]), idx.eq(0), width.eq(w), width_last.eq(wl),
+                    width2.eq(w << 1), need_last.eq(need_after_last(ph)),
                     *load_next(after[ph])]
 
         with m.If(take & last & loading):
             m.d.sync += [phase.eq(nxt_phase), loading.eq(nxt_phase != Phase.DRAIN),
                          left.eq(nxt_left), left_one.eq(nxt_one), idx.eq(0),
-                         width.eq(nxt_w), width_last.eq(nxt_wl)]
+                         width.eq(nxt_w), width_last.eq(nxt_wl), width2.eq(nxt_w << 1),
+                         need_last.eq(nxt_need_last)]
             with m.Switch(nxt_phase):
                 for cur in (Phase.PARAMS, Phase.ACTS, Phase.WEIGHTS):
                     with m.Case(cur):
@@ -269,7 +285,16 @@ class SectionLoader(wiring.Component):
             with m.Case(Phase.DRAIN):
                 with m.If(self.layer_done):
                     m.d.sync += [phase.eq(Phase.IDLE), width.eq(HEADER_BITS),
-                                 width_last.eq(hdr_last)]
+                                 width_last.eq(hdr_last), width2.eq(2 * HEADER_BITS)]
+        # the width of the record wanted next cycle when nothing is taken now: this one,
+        # or (`new`) the first section's at the end of DECODE, the header's when a layer
+        # ends; `need_new` a register (the geometry's first width is settled cycles before
+        # DECODE ends), `new` only the last choice in front of the gearbox's fits register
+        need_new = Signal(rec_bits, init=HEADER_BITS)
+        m.d.sync += need_new.eq(Mux(phase == Phase.DECODE, Mux(is_int, PARAM_BITS, cw_bits),
+                                    HEADER_BITS))
+        m.d.comb += [gb.need_stay.eq(width), gb.need_new.eq(need_new),
+                     gb.new.eq(decode_done | ((phase == Phase.DRAIN) & self.layer_done))]
 
         # ---- what each take was, carried beside the record to `head` (clocked by en,
         # like the gearbox's read stages; loads happen while no output waits, en high)
