@@ -323,8 +323,16 @@ class SectionLoader(wiring.Component):
         code_bits = hdr.code_bits
         kmask = Signal(len(self.cb_w_addr))          # the layer's, set during DECODE
         m.d.sync += kmask.eq(((Const(1, 1) << code_bits) - 1).as_unsigned()[:len(kmask)])
+        # codeword idx goes to codebook idx >> code_bits: compared with i << code_bits,
+        # layer registers like kmask (the variable shift of idx in front of the write
+        # enables was the whole design's worst path once the reset was one register)
+        idx_w = len(tag["idx"])
+        hmask = Signal(idx_w)                        # ~((1 << code_bits) - 1)
+        m.d.sync += hmask.eq(~((Const(1, 1) << code_bits) - 1).as_unsigned()[:idx_w])
         for i in range(cfg.m_max):
-            m.d.sync += self.cb_w_en[i].eq(tag["cb"] & ((tag["idx"] >> code_bits) == i))
+            pat = Signal(idx_w, name=f"cb_sel{i}")
+            m.d.sync += [pat.eq((Const(i, max(i.bit_length(), 1)) << code_bits)[:idx_w]),
+                         self.cb_w_en[i].eq(tag["cb"] & ((tag["idx"] & hmask) == pat))]
         m.d.sync += [self.cb_w_addr.eq(tag["idx"] & kmask), self.w_data.eq(gb.head),
                      self.prm_w_en.eq(tag["prm"]), self.prm_w_addr.eq(tag["idx"]),
                      self.act_w_en.eq(tag["act"]), self.act_w_addr.eq(tag["idx"])]

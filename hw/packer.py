@@ -47,15 +47,16 @@ class OutputPacker(wiring.Component):
             m.d.sync += [y.eq(Mux(v > 127, 127, Mux(v < -128, -128, v))),
                          valid.eq(self.valid), lastrow.eq(self.lastrow)]
         pack = Signal(bus)
-        idx = Signal(range(per))
+        # the byte the next row goes to, one-hot (each byte of the beat is then a 2-way
+        # choice by one flip-flop, no decode of an index in front of 64 multiplexers)
+        sel = Signal(per, init=1)
+        full = sel[per - 1]
         packed = Signal(bus)
-        m.d.comb += packed.eq(pack)
-        with m.Switch(idx):
-            for i in range(per):
-                with m.Case(i):
-                    m.d.comb += packed.word_select(i, OUT_BITS).eq(y)
+        for i in range(per):
+            m.d.comb += packed.word_select(i, OUT_BITS).eq(
+                Mux(sel[i], y, pack.word_select(i, OUT_BITS)))
         emit = Signal()
-        m.d.comb += emit.eq(self.en & valid & ((idx == per - 1) | lastrow))
+        m.d.comb += emit.eq(self.en & valid & (full | lastrow))
         with m.If(accepted):
             m.d.sync += o.valid.eq(0)
             with m.If(skid_valid):          # the skid's beat moves up
@@ -67,10 +68,10 @@ class OutputPacker(wiring.Component):
             with m.Else():
                 m.d.sync += [skid_valid.eq(1), skid.eq(packed), skid_last.eq(lastrow)]
         with m.If(self.en & valid):
-            with m.If((idx == per - 1) | lastrow):
-                m.d.sync += [pack.eq(0), idx.eq(0)]
+            with m.If(full | lastrow):
+                m.d.sync += [pack.eq(0), sel.eq(1)]
             with m.Else():
-                m.d.sync += [pack.eq(packed), idx.eq(idx + 1)]
+                m.d.sync += [pack.eq(packed), sel.eq(sel << 1)]
         with m.If(self.start):
-            m.d.sync += [pack.eq(0), idx.eq(0)]
+            m.d.sync += [pack.eq(0), sel.eq(1)]
         return m
