@@ -39,12 +39,16 @@ class OutputPacker(wiring.Component):
         accepted = Signal()
         m.d.comb += [self.en.eq(~skid_valid), accepted.eq(o.valid & o.ready),
                      self.layer_done.eq(accepted & o_last)]
-        # saturation in a stage of its own (two 60-bit compares)
+        # saturation in a stage of its own: the value fits int8 when its bits from 7 up
+        # are all equal (AND / OR reductions, not two 60-bit compares on carry chains)
         y = Signal(signed(OUT_BITS))
         valid, lastrow = Signal(), Signal()
         v = self.value
+        hi = v.as_unsigned()[OUT_BITS - 1:]
+        over = ~v[-1] & hi.any()                 # > 127
+        under = v[-1] & ~hi.all()                # < -128
         with m.If(self.en):
-            m.d.sync += [y.eq(Mux(v > 127, 127, Mux(v < -128, -128, v))),
+            m.d.sync += [y.eq(Mux(over, 127, Mux(under, -128, v[:OUT_BITS]))),
                          valid.eq(self.valid), lastrow.eq(self.lastrow)]
         pack = Signal(bus)
         # the byte the next row goes to, one-hot (each byte of the beat is then a 2-way
