@@ -7,7 +7,7 @@ mode, K, D, bit width and codeword count chosen at run time by its header.
 The same multipliers serve every mode, so int8 and int4 are fair baselines on the
 same bus. docs/ARCH.md has the ports and timing; docs/FORMAT.md the stream.
 """
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,11 +31,9 @@ SECTION_OF = {InPhase.HEADER: "header", InPhase.CODEBOOK: "codebook",
               InPhase.PARAMS: "params", InPhase.ACTS: "acts", InPhase.WEIGHTS: "weights"}
 
 
-def header_cause(cfg: AccelConfig, hdr):
-    """Cause code (hw.regs.CAUSES) of a header this build cannot run, 0 if it can:
-    the same rules as AccelConfig.check_layer, first failing rule wins."""
-    from hw.regs import CAUSES
-
+def header_rules(cfg: AccelConfig, hdr) -> list:
+    """(cause name, bad) for each rule a header this build can run must pass: the same
+    rules as AccelConfig.check_layer, in its order (the first failing rule wins)."""
     is_int = hdr.mode == Mode.INT
     mode_ok = Const(0, 1)
     for md in cfg.modes:
@@ -58,8 +56,15 @@ def header_cause(cfg: AccelConfig, hdr):
         ("rows", (hdr.rows == 0) | (hdr.rows > cfg.max_rows)),
         ("cols", (hdr.cols == 0) | (hdr.cols > cfg.max_cols)),
     ]
+    return rules
+
+
+def first_cause(verdicts) -> Value:
+    """Cause code (hw.regs.CAUSES) of the first (name, bad) that is bad, 0 if none."""
+    from hw.regs import CAUSES
+
     cause = Const(0, 4)
-    for name, bad in reversed(rules):
+    for name, bad in reversed(verdicts):
         cause = Mux(bad, CAUSES[name], cause)
     return cause
 
@@ -104,8 +109,18 @@ class Accelerator(wiring.Component):
                      ld.halt.eq(self.halt), self.in_last.eq(ld.last_beat),
                      self.o_last.eq(pk.o_last), self.started.eq(ld.started),
                      self.layer_done.eq(pk.layer_done)]
-        with m.If(ld.decoding):
-            m.d.comb += self.hdr_cause.eq(header_cause(cfg, hdr))
+        # the header check in two register stages (each rule's verdict, then the first
+        # that fails): DECODE has cycles to spare (the error latch halts it in its 7th
+        # of SectionLoader.DECODE_CYCLES = 12 cycles, hw/top.py), and done in one cycle
+        # it was the whole design's worst path (fields -> ten compares -> error latch)
+        verdicts = []
+        for name, bad in header_rules(cfg, hdr):
+            v = Signal(name=f"bad_{name}")
+            m.d.sync += v.eq(ld.decoding & bad)
+            verdicts.append((name, v))
+        cause_q = Signal(4)
+        m.d.sync += cause_q.eq(first_cause(verdicts))
+        m.d.comb += self.hdr_cause.eq(cause_q)
 
         # activations: written by the loader, read with the group's index (stage 1)
         m.d.comb += [acts.w_en.eq(ld.act_w_en), acts.w_addr.eq(ld.act_w_addr),
