@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from ssvq.config import AccelConfig, LayerConfig
-from ssvq.image import LayerImage, write_images
-from ssvq.reference import accumulate
+from ssvq.image import write_images
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_ROOT = REPO / "build" / "sim"
