@@ -192,10 +192,10 @@ class SectionLoader(wiring.Component):
         hdr_last = hb * bus                              # the header and its padding
         width = Signal(rec_bits, init=HEADER_BITS)
         width_last = Signal(rec_bits, init=hdr_last)
-        # what the gearbox's registered `fits` needs (hw/gearbox.py): 2 x width, and
-        # width_last + the next section's width, loaded with width and width_last
+        # what the gearbox's registered `fits` needs (hw/gearbox.py) after a section's
+        # last take: width_last + the next section's width, loaded with width_last (a
+        # register, so the sum is off the path; 2 x width for any other take is wiring)
         need_bits = range(2 * (cfg.max_record_bits + bus) + 1)
-        width2 = Signal(need_bits, init=2 * HEADER_BITS)
         need_last = Signal(need_bits)
         want = Signal()
         left = Signal(count)
@@ -211,7 +211,7 @@ class SectionLoader(wiring.Component):
         m.d.comb += [take.eq(want & gb.fits),
                      last.eq((phase == Phase.IDLE) | left_one),
                      gb.take.eq(take), gb.last.eq(last), gb.rec_width.eq(width),
-                     gb.rec_width_last.eq(width_last), gb.need_take.eq(width2),
+                     gb.rec_width_last.eq(width_last), gb.need_take.eq(width << 1),
                      gb.need_last.eq(need_last)]
         with m.If(take):
             m.d.sync += [left.eq(left - 1), left_one.eq(left == 2), idx.eq(idx + 1)]
@@ -256,13 +256,13 @@ class SectionLoader(wiring.Component):
             w, wl = section_width[ph]
             return [phase.eq(ph), loading.eq(1), left.eq(section_count[ph]),
                     left_one.eq(section_one[ph]), idx.eq(0), width.eq(w), width_last.eq(wl),
-                    width2.eq(w << 1), need_last.eq(need_after_last(ph)),
+                    need_last.eq(need_after_last(ph)),
                     *load_next(after[ph])]
 
         with m.If(take & last & loading):
             m.d.sync += [phase.eq(nxt_phase), loading.eq(nxt_phase != Phase.DRAIN),
                          left.eq(nxt_left), left_one.eq(nxt_one), idx.eq(0),
-                         width.eq(nxt_w), width_last.eq(nxt_wl), width2.eq(nxt_w << 1),
+                         width.eq(nxt_w), width_last.eq(nxt_wl),
                          need_last.eq(nxt_need_last)]
             with m.Switch(nxt_phase):
                 for cur in (Phase.PARAMS, Phase.ACTS, Phase.WEIGHTS):
@@ -285,7 +285,7 @@ class SectionLoader(wiring.Component):
             with m.Case(Phase.DRAIN):
                 with m.If(self.layer_done):
                     m.d.sync += [phase.eq(Phase.IDLE), width.eq(HEADER_BITS),
-                                 width_last.eq(hdr_last), width2.eq(2 * HEADER_BITS)]
+                                 width_last.eq(hdr_last)]
         # the width of the record wanted next cycle when nothing is taken now: this one,
         # or (`new`) the first section's at the end of DECODE, the header's when a layer
         # ends; `need_new` a register (the geometry's first width is settled cycles before
