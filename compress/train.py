@@ -487,6 +487,33 @@ SpecLike = QuantSpec | None
 SpecFn = Callable[[str, nn.Linear], SpecLike]
 
 
+def plan_overrides(plan, spec: QuantSpec) -> SpecFn:
+    """QuantizedModel's overrides= from a compress.plan plan (a CompressionPlan or
+    its dict: the JSON of `ssvq compress --config`): each layer trains the config
+    the plan resolves for it (ssvq / vq with its K and D, int-b) with `spec`'s
+    training options (init, sign freezing, seed); an int layer starts from its
+    post-training scale, so it drops init="gptq". A config this module does not
+    train (additive M / coefficients, low rank, int1) is a ConfigError naming the
+    layer and its plan rule."""
+    from compress.plan import CompressionPlan
+    plan = CompressionPlan.coerce(plan)
+
+    def choose(name: str, lin: nn.Linear) -> QuantSpec:
+        r = plan.explain(name, lin.out_features, lin.in_features)
+        lc, where = r.config, f"layer {name} ({r.rule})"
+        if r.rank or (lc.mode != "int" and (lc.m != 1 or lc.coef_bits)):
+            raise ConfigError(f"{where}: expected a config QuantizedModel trains (ssvq, vq "
+                              f"with m 1 and no coefficients, int2..int8, no rank), found "
+                              f"{lc.name}" + (f" rank {r.rank}" if r.rank else ""))
+        try:
+            if lc.mode == "int":
+                return dataclasses.replace(spec, method=f"int{lc.bits}", init="kmeans")
+            return dataclasses.replace(spec, method=lc.mode, k=lc.k, d=lc.d)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return choose
+
+
 class QuantizedModel(nn.Module):
     """Wraps a model; chosen nn.Linear layers become quantized layers.
 

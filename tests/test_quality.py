@@ -157,9 +157,43 @@ def test_minilm_methods_accept_the_issue_names(tmp_path):
     import pytest
     from ssvq.app.quality import minilm
     from ssvq.errors import UserError
-    assert minilm.METHOD_ALIASES == {"ssvq": "ssvq-k256-d8-gptq", "vq": "vq-k256-d4"}
+    assert minilm.METHOD_ALIASES == {"ssvq": "ssvq-mixed-gptq", "vq": "vq-k256-d4"}
     assert set(minilm.METHOD_ALIASES.values()) <= set(minilm.minilm_specs())
     with pytest.raises(UserError) as e:
         minilm.run_minilm(tmp_path, 1.0, ["cosvq,nas,ssvq,bogus"])
     assert "['bogus']" in str(e.value) and "'nas'" in str(e.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_minilm_ssvq_plan_resolves_to_the_intended_configs():
+    """The mixed SSVQ plan on MiniLM's 36 layer names and shapes (written out by
+    hand from BERT's naming): every query and key K=64 D=8, block 5's value and
+    attention output K=256 D=4, the rest K=256 D=8; every pattern matches a layer."""
+    from compress.plan import CompressionPlan
+    from ssvq.app.quality import minilm
+    shapes = {"attention.self.query": (384, 384), "attention.self.key": (384, 384),
+              "attention.self.value": (384, 384), "attention.output.dense": (384, 384),
+              "intermediate.dense": (1536, 384), "output.dense": (384, 1536)}
+    plan = CompressionPlan.from_dict(minilm.MINILM_SSVQ_PLAN)
+    names = [f"encoder.layer.{b}.{t}" for b in range(6) for t in shapes]
+    assert plan.unused_patterns(names) == []
+    got = {n: plan.resolve(n, *shapes[n.split(".", 3)[3]]).name for n in names}
+    want = {n: ("ssvq-k64-d8" if n.endswith((".query", ".key")) else
+                "ssvq-k256-d4" if n in ("encoder.layer.5.attention.self.value",
+                                        "encoder.layer.5.attention.output.dense")
+                else "ssvq-k256-d8") for n in names}
+    assert got == want
+
+
+def test_minilm_rows_wrap_exactly_the_encoder_layers():
+    """Every MiniLM row quantizes compress.models' 36 encoder layers and nothing
+    else: BERT's pooler, whose output the mean-pooled embedding never uses, is not
+    part of the task's model, so it is neither charged bits nor written as an image."""
+    from compress.train import QuantizedModel, Uniform
+    from ssvq.app.quality.minilm_task import MiniLMTask
+    task = MiniLMTask()
+    names = [n for n, _, _ in task.lm.layers]
+    assert len(names) == 36 and not any("pooler" in n for n in names)
+    qm = QuantizedModel(task.bert, Uniform(8))
+    assert list(qm.qlayers) == names
+    assert qm.bits()["weights"] == 6 * (4 * 384 * 384 + 2 * 384 * 1536)

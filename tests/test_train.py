@@ -10,7 +10,7 @@ from torch import nn
 
 from compress.quantize import dequantize, layer_bits, quantize_layer
 from compress.train import (SSVQ, VQ, QuantizedModel, QuantSpec, SSVQLinear, Uniform,
-                            UniformLinear, VQLinear, fit)
+                            UniformLinear, VQLinear, fit, plan_overrides)
 from ssvq.config import AccelConfig, LayerConfig
 from ssvq.errors import ConfigError
 from ssvq.image import pack_layer, read_images, unpack_layer
@@ -324,6 +324,27 @@ def test_bits_and_skipping():
     assert b["layers"]["a"] == layer_bits(LayerConfig.parse("ssvq-k16-d4"), 45, 37)["total"] \
         / (45 * 37)
     assert b["weights"] == 37 * 45 + 45 * 13 + 13 * 5
+
+
+def test_plan_overrides_train_the_configs_a_plan_resolves():
+    """A compress.plan plan (the `ssvq compress --config` JSON) as overrides=: each
+    layer's spec is the plan's config with the base spec's training options; its
+    images carry exactly those configs."""
+    base = SSVQ(k=16, d=4, flip_threshold=2.0, seed=3)
+    plan = {"global": {"method": "ssvq", "k": 16, "d": 4},
+            "layers": {"b": {"k": 8, "d": 8}, "c": "int4"}}
+    qm = QuantizedModel(_Net(), base, overrides=plan_overrides(plan, base))
+    q = qm.qlayers
+    assert q["a"].spec == base
+    assert (q["b"].spec.k, q["b"].spec.d, q["b"].spec.flip_threshold, q["b"].spec.seed) \
+        == (8, 8, 2.0, 3)
+    assert isinstance(q["c"], UniformLinear) and q["c"].spec.method == "int4"
+    imgs = qm.export({n: np.ones((2, lin.in_features), np.float32)
+                      for n, lin in q.items()})
+    assert [im.config.name for im in imgs] == ["ssvq-k16-d4", "ssvq-k8-d8", "int4"]
+    with pytest.raises(ConfigError, match=r"layer b \(layers\[\"b\"\]\).*ssvq-k16-d4-m2-c4"):
+        QuantizedModel(_Net(), base, overrides=plan_overrides(
+            {"layers": {"b": {"method": "additive", "k": 16, "d": 4, "signs": True}}}, base))
 
 
 @pytest.mark.parametrize("spec", [SSVQ(k=16, d=4), VQ(k=16, d=4), Uniform(8), Uniform(4),

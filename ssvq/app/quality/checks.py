@@ -27,13 +27,13 @@ def check_images(imgs, calib: dict | None = None) -> bool:
 
 
 def check_rtl(image_dir: Path, out_dir: Path, simulator: str) -> dict:
-    """The generated Verilog run on the first layer of each shape of a
-    written image set: outputs, cycles and counters against the golden
+    """The generated Verilog run on the first layer of each configuration and
+    shape of a written image set: outputs, cycles and counters against the golden
     model (sim.runner, the same check as `ssvq sim`)."""
     from sim.runner import pick_layers, simulate_images
     from ssvq.image import read_images
     names = pick_layers(read_images(image_dir).manifest["layers"], all_layers=False)
-    say(f"  RTL check: {len(names)} layer(s) (one per shape) of {image_dir} on {simulator}")
+    say(f"  RTL check: {len(names)} layer(s) (one per configuration and shape) of {image_dir} on {simulator}")
     res = simulate_images(image_dir, names, simulator, seed=1, out_dir=out_dir,
                           progress=lambda m: None)
     return {"rtl_simulator": simulator, "rtl_layers": names,

@@ -23,6 +23,11 @@ class MiniLMTask:
         st = self.lm.module
         self.tok = st.tokenizer
         self.bert = st[0].auto_model
+        # the sentence embedding is the mean-pooled last hidden state: BERT's pooler
+        # (a 384x384 Linear + tanh on the first token) is computed and thrown away.
+        # Without it, QuantizedModel wraps the 36 encoder layers only, so every row's
+        # bits/weight, speedups and images cover exactly compress.models' layers.
+        self.bert.pooler = None
         self.bert.eval()
         self.max_len = max_len
         self.loss_kind = loss
