@@ -116,9 +116,15 @@ def test_minilm_methods_are_choices_comma_separated(tmp_path, capsys):
     """--methods for minilm splits on commas like digits' and knows the
     training methods (ssvq.app.quality.minilm.minilm_methods)."""
     from ssvq.app.quality.minilm import minilm_methods
-    assert set(minilm_methods()) == {"cosvq", "dkm", "diffq", "lr2vq", "qsd"}
+    assert set(minilm_methods()) == {"cosvq", "dkm", "diffq", "lr2vq", "qsd", "cosvq-3b",
+                                     "qsd-3b"}
     for label, spec, lr in minilm_methods().values():
         assert spec.layer_class() is not None and "lr_groups" in lr
+    # the -3b rows stream 3 bits per weight before scales and codebooks: m codes of
+    # log2(K) bits and m coefficients per D weights
+    for name in ("cosvq-3b", "qsd-3b"):
+        lc = minilm_methods()[name][1].layer_config
+        assert lc.m * (lc.code_bits + lc.coef_bits) / lc.d == 3.0, name
     assert main(["quality", "--model", "minilm", "--methods", "cosvq,int5",
                  "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err
@@ -197,3 +203,21 @@ def test_minilm_rows_wrap_exactly_the_encoder_layers():
     qm = QuantizedModel(task.bert, Uniform(8))
     assert list(qm.qlayers) == names
     assert qm.bits()["weights"] == 6 * (4 * 384 * 384 + 2 * 384 * 1536)
+
+
+def test_headline_verdict_says_what_is_met_and_by_how_much():
+    from ssvq.app.quality.minilm import headline_verdict
+    h = dict(method="ssvq", config="ssvq-mixed-gptq", trained=True, bits_per_weight=2.057,
+             train_minutes=30.0, steps=5000, mean_cosine=0.9512, int_mean_cosine=0.9480,
+             speedup_int8=3.67, speedup_int4=1.87)
+    nas = dict(method="nas", config="mixed", mean_cosine=0.9400, speedup_int8=3.71)
+    int4 = dict(method="int4", config="int4", mean_cosine=0.9823, speedup_int8=1.96)
+    v = headline_verdict(h, [h, nas, int4])
+    # by hand: 0.96 - 0.9512 = 0.0088 short; gap 0.0032 <= 0.005; of the rows at >= 0.95
+    # (ssvq 3.67, int4 1.96; nas is below 0.95) the fastest is ssvq, 3.7 - 3.67 = 0.03 short
+    assert "0.9512 — target >= 0.96 at <= 2.1 bits/weight within 30 min NOT met, short by " \
+        "0.0088" in v
+    assert "integer path 0.9480, 0.0032 below (target <= 0.005: met)" in v
+    assert "x3.670 (ssvq ssvq-mixed-gptq, 0.9512) — target x3.7 NOT met, short by 0.030" in v
+    ok = headline_verdict(dict(h, mean_cosine=0.9610), [dict(h, mean_cosine=0.9610), nas])
+    assert "within 30 min met;" in ok

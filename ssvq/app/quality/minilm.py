@@ -37,6 +37,7 @@ def minilm_specs() -> dict:
         "ssvq-k256-d8": ("ssvq", SSVQ(k=256, d=8)),
         "vq-k256-d4": ("vq", VQ(k=256, d=4)),
         "ssvq-k256-d4": ("ssvq", SSVQ(k=256, d=4)),
+        "ssvq-k256-d4-gptq": ("ssvq", SSVQ(k=256, d=4, init="gptq")),
         "ssvq-k256-d8-reassign": ("ssvq", SSVQ(k=256, d=8, codes="reassign", reassign_every=50)),
         "ssvq-k256-d8-gptq": ("ssvq", SSVQ(k=256, d=8, init="gptq")),
         "ssvq-mixed-gptq": ("ssvq", SSVQ(k=256, d=8, init="gptq")),
@@ -113,7 +114,19 @@ def minilm_methods() -> dict:
         "diffq": ("penalty=0.1", DiffQ(penalty=0.1), _lr(bits_lr=5e-2)),
         "lr2vq": ("K=256 D=4 r=2", LR2VQ(k=256, d=4, rank=2), _lr(map_lr=3e-3)),
         "qsd": ("K=16 D=8 m2 c4", QSD(k=16, d=8, coef_bits=4), _lr(latent_lr=0.3)),
+        # about 3 bits/weight, same rates. dkm and lr2vq export plain VQ (no
+        # coefficients), which K <= kmax 256 and D >= 4 cap at 2 bits/weight, so they
+        # have no 3-bit row on the default build; qsd at K=256 D=8 m2 c4 (also 3
+        # bits) would keep a 512-wide dense code per vector with its Adam state
+        # (about 8 GB for MiniLM), so its 3-bit row is K=16 D=4 with 2-bit coefficients.
+        "cosvq-3b": ("K=256 D=4 c4", CosVQ(k=256, d=4, coef_bits=4), _lr(latent_lr=2e-3)),
+        "qsd-3b": ("K=16 D=4 m2 c2", QSD(k=16, d=4, coef_bits=2), _lr(latent_lr=0.3)),
     }
+
+
+def method_of(name: str) -> str:
+    """The `method` column of a row name: minilm_methods' "cosvq-3b" is cosvq."""
+    return name.removesuffix("-3b")
 
 
 def _minilm_train_other(name: str, p) -> bool:
@@ -148,7 +161,7 @@ def train_minilm(task: MiniLMTask, spec, budget_s: float, train: list[str],
 MINILM_TRAIN = [("ssvq-k256-d8", 1.0), ("vq-k256-d4", 1.0), ("ssvq-k256-d4", 0.2),
                 ("int4", 0.2), ("int3", 0.2)]
 MINILM_PTQ = ["int8", "ssvq-k256-d8", "ssvq-k256-d8-gptq", "ssvq-mixed-gptq", "vq-k256-d4",
-              "ssvq-k256-d4", "int4", "int3"]
+              "ssvq-k256-d4", "ssvq-k256-d4-gptq", "int4", "int3"]
 
 
 CALIB_SENTENCES = 128
@@ -189,17 +202,17 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     lrs = {}
     labels = {}
     for name, (label, spec, lr) in extra.items():
-        specs[name] = (name, spec)
+        specs[name] = (method_of(name), spec)
         lrs[name] = lr
         labels[name] = label
     plan = MINILM_TRAIN
     ptq = MINILM_PTQ
     if methods:
         methods = [METHOD_ALIASES.get(m, m) for arg in methods for m in arg.split(",") if m]
-        unknown = [m for m in methods if m not in specs and m != "nas"]
+        unknown = [m for m in methods if m not in specs and m not in nas.MINILM_ROWS]
         if unknown:
             raise UserError(f"--methods: unknown method(s) {unknown}; expected some of "
-                            f"{sorted(set(specs) | set(METHOD_ALIASES) | {'nas'})}")
+                            f"{sorted(set(specs) | set(METHOD_ALIASES) | set(nas.MINILM_ROWS))}")
         # a selection is a comparison: every selected row trains for the same time
         plan = [(m, 1.0) for m in methods]
         # a selection's post-training rows: the int8 reference and each selected
@@ -274,10 +287,10 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
                  bits_per_weight=bits / n_w, **evaluate(m), **no_images()), t0)
     # post-training rows; the trained rows start from the same wrapped model
     for key in ptq + [k for k, _ in plan if k not in ptq]:
-        if key == "nas":
+        if key in nas.MINILM_ROWS:
             t0 = time.perf_counter()
-            row, trajectories["nas"] = _nas_row(task, out, 60.0 * split[key], corpus, probe,
-                                                calib_run, evaluate, hardware, seed)
+            row, trajectories[key] = _nas_row(key, task, out, 60.0 * split[key], corpus, probe,
+                                              calib_run, evaluate, hardware, seed)
             add(row, t0)
             continue
         method, spec = specs[key]
@@ -343,12 +356,15 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     return {"rows": rows}
 
 
-def _nas_row(task: MiniLMTask, out: Path, budget_s: float, corpus: dict, probe: list[str],
-             calib_run, evaluate, hardware, seed: int) -> tuple[dict, list[dict]]:
-    """The `nas` row (ssvq.app.quality.nas.search_minilm): search, choose, fine-tune,
-    export on the search's build with the plan file beside the images, RTL check.
+def _nas_row(key: str, task: MiniLMTask, out: Path, budget_s: float, corpus: dict,
+             probe: list[str], calib_run, evaluate, hardware,
+             seed: int) -> tuple[dict, list[dict]]:
+    """A `nas` row (ssvq.app.quality.nas.search_minilm with the budget fraction and
+    candidates of nas.MINILM_ROWS[key]): search, choose, fine-tune, export on the
+    search's build with the plan file beside the images, RTL check.
     Returns the row and the probe-set trajectory (search, then fine-tuning)."""
-    say(f"training nas for {budget_s / 60:.2f} min ({nas.SEARCH_SHARE:.2f} of it searching, "
+    fraction, candidates = nas.MINILM_ROWS[key]
+    say(f"training {key} for {budget_s / 60:.2f} min ({nas.SEARCH_SHARE:.2f} of it searching, "
         f"the rest fine-tuning the chosen layers) ...")
 
     def train_fn(qm, seconds, lr):
@@ -356,7 +372,8 @@ def _nas_row(task: MiniLMTask, out: Path, budget_s: float, corpus: dict, probe: 
                             lr=lr)
 
     qm, row, cfg, meta, plan, log = nas.search_minilm(task.bert, budget_s, train_fn, MINILM_LR,
-                                                      seed=seed, progress=say)
+                                                      seed=seed, fraction=fraction,
+                                                      candidates=candidates, progress=say)
     configs = set(row["choice"].values())
     row.update(method="nas", config=configs.pop() if len(configs) == 1 else "mixed",
                trained=True, bits_per_weight=qm.bits()["bits_per_weight"],
@@ -365,19 +382,51 @@ def _nas_row(task: MiniLMTask, out: Path, budget_s: float, corpus: dict, probe: 
     imgs = qm.export(calib)
     row["images_round_trip"] = check_images(imgs, calib)
     row.update(hardware(qm, imgs))
-    plan_path = out / "plans" / "nas.json"
+    plan_path = out / "plans" / f"{key}.json"
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
-    d = out / "images" / "nas"
+    d = out / "images" / key
     write_model_images(d, imgs, cfg=cfg, meta={"model": "minilm", "trained": True,
                                                "nas": dict(meta, plan_file=str(
                                                    plan_path.relative_to(out)))})
     row.update(images=str(d.relative_to(out)), plan=str(plan_path.relative_to(out)),
                configs=sorted({im.config.name for im in imgs}))
-    row.update(check_rtl(d, out / "rtl" / "nas", "verilator"))
+    row.update(check_rtl(d, out / "rtl" / key, "verilator"))
     trajectory = [{k: r[k] for k in r if k.startswith("eval_") or k in
                    ("step", "seconds", "progress")} for r in log if "eval_mean_cosine" in r]
     return row, trajectory
+
+
+# The targets of the headline SSVQ row (`--methods ssvq --budget-minutes 30`)
+HEADLINE = {"mean_cosine": 0.96, "bits_per_weight": 2.1, "train_minutes": 30.0,
+            "int_gap": 0.005, "speedup_int8": 3.7, "speedup_at_cosine": 0.95}
+
+
+def headline_verdict(h: dict, rows: list[dict]) -> str:
+    """One paragraph: the headline SSVQ row against HEADLINE, each target met or
+    short by how much (the speedup target over every row with images)."""
+    t = HEADLINE
+    gap = h["mean_cosine"] - h["int_mean_cosine"]
+    fid = (h["mean_cosine"] >= t["mean_cosine"] and h["bits_per_weight"] <= t["bits_per_weight"]
+           and h["train_minutes"] <= t["train_minutes"] + 0.5)
+    fast = [r for r in rows if r.get("speedup_int8") is not None
+            and r["mean_cosine"] >= t["speedup_at_cosine"]]
+    best = max(fast, key=lambda r: r["speedup_int8"]) if fast else None
+    sp = (f"best speedup over int8 among rows at mean cosine >= {t['speedup_at_cosine']}: "
+          + (f"x{best['speedup_int8']:.3f} ({best['method']} {best['config']}, "
+             f"{best['mean_cosine']:.4f}) — target x{t['speedup_int8']} "
+             + ("met" if best["speedup_int8"] >= t["speedup_int8"] else
+                f"NOT met, short by {t['speedup_int8'] - best['speedup_int8']:.3f}")
+             if best else f"no row reaches {t['speedup_at_cosine']} — target NOT met"))
+    return (f"**Headline SSVQ ({h['config']}, {h['bits_per_weight']:.3f} bits/weight, trained "
+            f"{h['train_minutes']:.1f} min, {h['steps']} steps):** held-out mean cosine "
+            f"{h['mean_cosine']:.4f} — target >= {t['mean_cosine']} at <= "
+            f"{t['bits_per_weight']} bits/weight within {t['train_minutes']:g} min "
+            + ("met" if fid else f"NOT met, short by {t['mean_cosine'] - h['mean_cosine']:.4f}"
+               if h["mean_cosine"] < t["mean_cosine"] else "NOT met (bits or time)")
+            + f"; integer path {h['int_mean_cosine']:.4f}, {gap:.4f} below (target <= "
+            f"{t['int_gap']}: {'met' if gap <= t['int_gap'] else 'NOT met'}); x"
+            f"{h['speedup_int8']:.3f} over int8, x{h['speedup_int4']:.3f} over int4; {sp}.")
 
 
 def _best(rows, **kw):
@@ -451,6 +500,9 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
         "and shape, against the golden outputs, cycles and counters (every trained row).",
         "",
     ]
+    h = _best(rows, config=METHOD_ALIASES["ssvq"], trained=True)
+    if h:
+        lines += [headline_verdict(h, rows), ""]
     s8 = _best(rows, config="ssvq-k256-d8", trained=True)
     v4 = _best(rows, config="vq-k256-d4", trained=True)
     if s8:
@@ -538,8 +590,8 @@ def _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, t
                             for r in tr[:: max(1, len(tr) // 8)])
             lines.append(f"- {k}: {pts}")
         lines.append("")
-    new = [r for r in rows if (r["method"] in minilm_methods() or r["method"] == "nas")
-           and r["trained"]]
+    new = [r for r in rows if (r["method"] in {method_of(k) for k in minilm_methods()}
+                               or r["method"] == "nas") and r["trained"]]
     if new:
         lines += ["## Training methods (compress.cosvq, dkm, diffq, lr2vq, qsd, nas)", "",
                   "Each method's rows: its initialisation (post-training, untrained row) "

@@ -134,6 +134,12 @@ def run_digits_nas(out: Path, base, X, Y, xte, yte, fractions, row_seconds: floa
 MINILM_CANDIDATES = ("int4", "int3", "int2", "ssvq-k256-d8", "vq-k256-d4")
 MINILM_FRACTION = 0.3
 SEARCH_SHARE = 2 / 3              # of the row's budget; the fine-tuning has the rest
+# --methods rows: name -> (budget fraction of the int8 cycles, candidates). nas-3b:
+# about 3 bits/weight (on MiniLM's shapes int3's cycles are 0.38-0.39 of int8's and
+# SSVQ K=256 D=4's 0.38-0.40, both bus-bound at 3 bits a weight), with SSVQ D=4
+# among the candidates.
+MINILM_ROWS = {"nas": (MINILM_FRACTION, MINILM_CANDIDATES),
+               "nas-3b": (0.4, MINILM_CANDIDATES + ("ssvq-k256-d4",))}
 
 
 def search_minilm(model: nn.Module, budget_s: float, train_fn, lr: dict, seed: int = 0,
