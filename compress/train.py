@@ -14,7 +14,8 @@ Usage (your own loop)::
 
 or the provided loop: ``fit(qm, loss_fn, batches, steps=... | budget_s=...)``.
 
-Layers (every nn.Linear unless `layers` names them; per-layer `overrides`;
+Layers (every nn.Linear unless `layers` names them; per-layer `overrides`, e.g.
+plan_overrides(plan, spec) for the configs of a compress.plan plan;
 layers with fewer than `skip_below` weights stay float) are replaced in place
 (in a deep copy unless inplace=True) by:
 
