@@ -33,7 +33,8 @@ def check_rtl(image_dir: Path, out_dir: Path, simulator: str) -> dict:
     from sim.runner import pick_layers, simulate_images
     from ssvq.image import read_images
     names = pick_layers(read_images(image_dir).manifest["layers"], all_layers=False)
-    say(f"  RTL check: {len(names)} layer(s) (one per configuration and shape) of {image_dir} on {simulator}")
+    say(f"  RTL check: {len(names)} layer(s) (one per configuration and shape) of {image_dir} "
+        f"on {simulator}")
     res = simulate_images(image_dir, names, simulator, seed=1, out_dir=out_dir,
                           progress=lambda m: None)
     return {"rtl_simulator": simulator, "rtl_layers": names,
