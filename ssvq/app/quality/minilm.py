@@ -329,10 +329,7 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
             row["lr"] = lrs[key]
         meta = {"model": "minilm", "trained": True, "spec": spec.to_dict()}
         if key in PLANS:
-            plan_path = out / "plans" / f"{key}.json"
-            plan_path.parent.mkdir(parents=True, exist_ok=True)
-            plan_path.write_text(json.dumps(PLANS[key], indent=1) + "\n")
-            row["plan"] = str(plan_path.relative_to(out))
+            row["plan"] = _write_plan(out, key, PLANS[key])
             meta["plan"] = PLANS[key]
         calib = qm.capture(calib_run)
         imgs = qm.export(calib)
@@ -354,6 +351,15 @@ def run_minilm(out: Path, budget_minutes: float, methods: list[str] | None = Non
     _write_minilm_report(out, rows, logs, trajectories, budget_minutes, split, threads,
                          time.perf_counter() - t_all, corpus, len(tech))
     return {"rows": rows}
+
+
+def _write_plan(out: Path, key: str, plan: dict) -> str:
+    """A row's plan JSON as out/plans/<key>.json (usable as `ssvq compress --config`);
+    returns its path relative to out."""
+    path = out / "plans" / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=1) + "\n")
+    return str(path.relative_to(out))
 
 
 def _nas_row(key: str, task: MiniLMTask, out: Path, budget_s: float, corpus: dict,
@@ -382,14 +388,11 @@ def _nas_row(key: str, task: MiniLMTask, out: Path, budget_s: float, corpus: dic
     imgs = qm.export(calib)
     row["images_round_trip"] = check_images(imgs, calib)
     row.update(hardware(qm, imgs))
-    plan_path = out / "plans" / f"{key}.json"
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    plan_file = _write_plan(out, key, plan.to_dict())
     d = out / "images" / key
     write_model_images(d, imgs, cfg=cfg, meta={"model": "minilm", "trained": True,
-                                               "nas": dict(meta, plan_file=str(
-                                                   plan_path.relative_to(out)))})
-    row.update(images=str(d.relative_to(out)), plan=str(plan_path.relative_to(out)),
+                                               "nas": dict(meta, plan_file=plan_file)})
+    row.update(images=str(d.relative_to(out)), plan=plan_file,
                configs=sorted({im.config.name for im in imgs}))
     row.update(check_rtl(d, out / "rtl" / key, "verilator"))
     trajectory = [{k: r[k] for k in r if k.startswith("eval_") or k in
