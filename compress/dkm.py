@@ -17,6 +17,17 @@ and W = s * x_hat. tau = temperature x the mean squared distance of the
 vectors to their nearest centroid at initialisation (a scale-free setting:
 the weights' units do not matter).
 
+Attention over candidates. At MiniLM's ~2-bit configuration (K=256, D=4) the
+dense attention is a 2.65M x 256 matrix per pass over the 36 layers: one
+training step took 76 s and 12 GB on 2 cores. With tau at a tenth of the mean
+squared distance to the nearest centroid, a vector's weight on a codeword
+falls as exp(-(distance excess)/tau), so nearly all of it sits on its few
+nearest codewords. Each vector therefore attends to its `candidates` nearest
+centroids only (softmax over those), found without gradient every
+`refresh` training steps and kept in between; `candidates >= k` is the exact
+dense DKM. The mass the truncation drops is reported by `omitted_mass` and
+measured in compress/dkm.py's test on a real layer.
+
 Outside training (eval mode, to_float, export) the assignment is hard: every
 vector takes its nearest 8-bit centroid, the image a vq-k<K>-d<D> layer, so
 the evaluated model is the exported one. Initialisation: compress.quantize's
@@ -45,6 +56,8 @@ class DKM(SpecDict):
     d: int = 4
     temperature: float = 0.1
     iters: int = 3
+    candidates: int = 16
+    refresh: int = 10
     seed: int = 0
 
     def __post_init__(self):
@@ -52,6 +65,10 @@ class DKM(SpecDict):
             raise ConfigError(f"DKM: temperature: expected > 0, found {self.temperature}")
         if self.iters < 0:
             raise ConfigError(f"DKM: iters: expected >= 0, found {self.iters}")
+        if self.candidates < 1:
+            raise ConfigError(f"DKM: candidates: expected >= 1, found {self.candidates}")
+        if self.refresh < 1:
+            raise ConfigError(f"DKM: refresh: expected >= 1, found {self.refresh}")
         self.layer_config
 
     @property
@@ -62,24 +79,68 @@ class DKM(SpecDict):
         return DKMLinear
 
 
+CHUNK = 1 << 16  # vectors per no-gradient distance block: 64 MB at K=256
+
+
 def sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """|x_i - c_j|^2, (n, k), clamped at 0 against cancellation."""
     return ((x * x).sum(1, keepdim=True) - 2.0 * x @ c.T + (c * c).sum(1)[None]).clamp_min(0.0)
 
 
-def attention(x: torch.Tensor, c: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
-    return torch.softmax(-sq_dist(x, c) / tau, dim=1)
+@torch.no_grad()
+def nearest(x: torch.Tensor, c: torch.Tensor, t: int) -> torch.Tensor:
+    """Indices (n, t) of each vector's t nearest centroids, nearest first,
+    computed a block of CHUNK vectors at a time."""
+    t = min(t, c.shape[0])
+    out = [torch.topk(sq_dist(x[i:i + CHUNK], c), t, dim=1, largest=False).indices
+           for i in range(0, x.shape[0], CHUNK)]
+    return torch.cat(out) if out else torch.zeros(0, t, dtype=torch.int64)
 
 
-def dkm_update(x: torch.Tensor, c: torch.Tensor, tau, iters: int) -> torch.Tensor:
-    """`iters` differentiable k-means steps from centroids c; a centroid with
-    (numerically) no attention keeps its place."""
+def attention(x: torch.Tensor, c: torch.Tensor, tau: float | torch.Tensor,
+              idx: torch.Tensor | None = None) -> torch.Tensor:
+    """A_ij = softmax over j in idx[i] of -|x_i - c_j|^2 / tau, (n, t): entry
+    (i, s) is vector i's weight on centroid idx[i, s] (idx None: all
+    centroids, the dense DKM)."""
+    if idx is None:
+        return torch.softmax(-sq_dist(x, c) / tau, dim=1)
+    dist = ((x[:, None, :] - c[idx]) ** 2).sum(-1)
+    return torch.softmax(-dist / tau, dim=1)
+
+
+def reconstruct(a: torch.Tensor, c: torch.Tensor, idx: torch.Tensor | None = None):
+    """x_hat_i = sum_s A_is c_idx[i,s]."""
+    return a @ c if idx is None else (a[:, :, None] * c[idx]).sum(1)
+
+
+def dkm_update(x: torch.Tensor, c: torch.Tensor, tau, iters: int,
+               idx: torch.Tensor | None = None) -> torch.Tensor:
+    """`iters` differentiable k-means steps C_j = sum_i A_ij x_i / sum_i A_ij
+    from centroids c; a centroid with (numerically) no attention keeps its place."""
+    k, d = c.shape
     for _ in range(iters):
-        a = attention(x, c, tau)
-        mass = a.sum(0)
-        new = (a.T @ x) / mass.clamp_min(1e-12)[:, None]
+        a = attention(x, c, tau, idx)
+        if idx is None:
+            mass, num = a.sum(0), a.T @ x
+        else:
+            flat = idx.reshape(-1)
+            mass = torch.zeros(k, dtype=x.dtype).index_add(0, flat, a.reshape(-1))
+            num = torch.zeros(k, d, dtype=x.dtype).index_add(
+                0, flat, (a[:, :, None] * x[:, None, :]).reshape(-1, d))
+        new = num / mass.clamp_min(1e-12)[:, None]
         c = torch.where((mass > 1e-12)[:, None], new, c)
     return c
+
+
+@torch.no_grad()
+def omitted_mass(x: torch.Tensor, c: torch.Tensor, tau, t: int) -> float:
+    """Largest dense-attention weight any vector puts outside its t nearest
+    centroids (what the candidate truncation drops)."""
+    worst = 0.0
+    for i in range(0, x.shape[0], CHUNK):
+        a = torch.sort(attention(x[i:i + CHUNK], c, tau), dim=1, descending=True).values
+        worst = max(worst, float(a[:, t:].sum(1).max()))
+    return worst
 
 
 def grid(c: torch.Tensor) -> torch.Tensor:
@@ -101,9 +162,12 @@ class DKMLinear(QuantLinear):
         self.latent = nn.Parameter(torch.from_numpy(w / rs[:, None].astype(np.float32)))
         with torch.no_grad():
             x = to_vectors(self.latent, spec.d)
-            near = sq_dist(x, self.centroids).min(1).values.mean()
+            near = ((x - self.centroids[nearest(x, self.centroids, 1)[:, 0]]) ** 2).sum(1).mean()
         tau = spec.temperature * float(near) if float(near) > 0 else spec.temperature
         self.register_buffer("tau", torch.tensor(tau, dtype=torch.float32))
+        self.dense = spec.candidates >= spec.k
+        self.cand: torch.Tensor | None = None
+        self.passes = 0
 
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
@@ -114,20 +178,30 @@ class DKMLinear(QuantLinear):
     @torch.no_grad()
     def hard_codes(self) -> torch.Tensor:
         """Each vector's nearest 8-bit centroid (eval and export)."""
-        return sq_dist(self.vectors(), grid(self.centroids)).argmin(1)
+        return nearest(self.vectors(), grid(self.centroids), 1)[:, 0]
+
+    def candidate_set(self, x: torch.Tensor) -> torch.Tensor | None:
+        """None (dense) or each vector's nearest `candidates` centroids, found
+        again every `refresh` training passes."""
+        if self.dense:
+            return None
+        if self.cand is None or self.passes % self.spec.refresh == 0:
+            self.cand = nearest(x.detach(), self.centroids, self.spec.candidates)
+        return self.cand
 
     def weight_q(self) -> torch.Tensor:
         x = self.vectors()
         if self.training:
-            c = dkm_update(x, self.centroids.clone(), self.tau, self.spec.iters)
+            idx = self.candidate_set(x)
+            self.passes += 1
+            c = dkm_update(x, self.centroids.clone(), self.tau, self.spec.iters, idx)
             with torch.no_grad():
                 self.centroids.copy_(c)
             cq = grid(c)
-            rec = attention(x, cq, self.tau) @ cq
+            rec = reconstruct(attention(x, cq, self.tau, idx), cq, idx)
         else:
             rec = grid(self.centroids)[self.hard_codes()]
         return from_vectors(rec, self.out_features, self.in_features) * self.scale()[:, None]
-
     def groups(self):
         return {"latent": [self.latent], "scale": [self.log_scale]}
 

@@ -20,7 +20,8 @@ Choosing r before training (`rank_errors`): with P orthonormal the error of
 a rank-r clustering splits exactly into the low-rank error
 |x - x P P^T|^2 (the trailing singular values) plus the clustering error in
 r-space |x P - Z[code]|^2; both are measured per r (k-means on all
-sub-vectors), and the estimate is the r of least total.
+sub-vectors), and the estimate is the r of least total (`rank_estimate`:
+over a model's layers, weighted by their sizes).
 """
 from __future__ import annotations
 
@@ -84,6 +85,20 @@ def rank_errors(w: np.ndarray, k: int, d: int, ranks, seed: int = 0) -> list[dic
         out.append({"rank": r, "low_rank": low / e, "clustering": clus / e,
                     "total": (low + clus) / e})
     return out
+
+
+def rank_estimate(weights, k: int, d: int, ranks, seed: int = 0) -> list[dict]:
+    """rank_errors over a model's layers, each layer weighted by its number of
+    weights: per rank r, {"rank", "low_rank", "clustering", "total"}."""
+    ranks = list(ranks)
+    acc = {r: {"low_rank": 0.0, "clustering": 0.0, "total": 0.0} for r in ranks}
+    n = 0
+    for w in weights:
+        for e in rank_errors(w, k, d, ranks, seed):
+            for f in acc[e["rank"]]:
+                acc[e["rank"]][f] += e[f] * w.size
+        n += w.size
+    return [{"rank": r, **{f: v / n for f, v in acc[r].items()}} for r in ranks]
 
 
 class LR2VQLinear(QuantLinear):

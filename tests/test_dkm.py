@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from compress.dkm import DKM, attention, dkm_update
+import compress.dkm as dkm
+from compress.dkm import DKM, attention, dkm_update, nearest, omitted_mass, reconstruct
 from compress.quantize import dequantize
 from compress.train import QuantizedModel, fit
 from ssvq.errors import ConfigError
@@ -34,6 +35,81 @@ def test_attention_and_update_match_numpy():
         want = (aa.T @ x) / aa.sum(0)[:, None]
     got = dkm_update(torch.from_numpy(x), torch.from_numpy(c), tau, 2).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def _candidates_np(x, c, t):
+    d = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    return np.argsort(d, axis=1, kind="stable")[:, :t]
+
+
+def test_candidate_attention_update_and_reconstruction_match_numpy(monkeypatch):
+    monkeypatch.setattr(dkm, "CHUNK", 7)  # several blocks, the last one short
+    rng = np.random.default_rng(3)
+    x, c, tau, t = rng.standard_normal((50, 4)), rng.standard_normal((12, 4)), 0.6, 3
+    c[11] = 50.0  # far from every vector: nobody's candidate
+    idx = nearest(torch.from_numpy(x), torch.from_numpy(c), t)
+    want_idx = _candidates_np(x, c, t)
+    assert (idx.numpy() == want_idx).all()
+    # softmax over each vector's own candidates only
+    d = ((x[:, None, :] - c[want_idx]) ** 2).sum(-1)
+    e = np.exp(-(d - d.min(1, keepdims=True)) / tau)
+    want_a = e / e.sum(1, keepdims=True)
+    a = attention(torch.from_numpy(x), torch.from_numpy(c), tau, idx).numpy()
+    np.testing.assert_allclose(a, want_a, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(reconstruct(torch.from_numpy(a), torch.from_numpy(c), idx).numpy(),
+                               (want_a[:, :, None] * c[want_idx]).sum(1), rtol=1e-9, atol=1e-12)
+    # one update: C_j = sum over the vectors with j among their candidates
+    mass, num = np.zeros(12), np.zeros((12, 4))
+    for i in range(50):
+        for s_ in range(t):
+            mass[want_idx[i, s_]] += want_a[i, s_]
+            num[want_idx[i, s_]] += want_a[i, s_] * x[i]
+    want_c = np.where((mass > 1e-12)[:, None], num / np.maximum(mass, 1e-12)[:, None], c)
+    assert (mass == 0).any()  # a centroid no vector has as a candidate keeps its place
+    got = dkm_update(torch.from_numpy(x), torch.from_numpy(c), tau, 1, idx).numpy()
+    np.testing.assert_allclose(got, want_c, rtol=1e-9, atol=1e-12)
+    # every centroid a candidate: the dense DKM
+    full = nearest(torch.from_numpy(x), torch.from_numpy(c), 99)
+    assert full.shape == (50, 12)
+    np.testing.assert_allclose(
+        dkm_update(torch.from_numpy(x), torch.from_numpy(c), tau, 2, full).numpy(),
+        dkm_update(torch.from_numpy(x), torch.from_numpy(c), tau, 2).numpy(), rtol=1e-9)
+    # the largest dense weight outside the t nearest
+    dd = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    ea = _softmax_np(x, c, tau)
+    out = np.array([ea[i, np.argsort(dd[i], kind="stable")[t:]].sum() for i in range(50)])
+    assert omitted_mass(torch.from_numpy(x), torch.from_numpy(c), tau, t) == pytest.approx(
+        out.max(), rel=1e-9)
+
+
+def test_candidate_gradient_and_refresh():
+    torch.manual_seed(2)
+    x = torch.randn(20, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(9, 4, dtype=torch.float64)
+    idx = nearest(x, c, 4)
+
+    def f(x):
+        cc = dkm_update(x, c, 0.5, 2, idx)
+        return reconstruct(attention(x, cc, 0.5, idx), cc, idx)
+    assert torch.autograd.gradcheck(f, (x,))
+    # the layer finds its candidates again every `refresh` training passes
+    m = nn.Sequential(nn.Linear(16, 8))
+    qm = QuantizedModel(m, DKM(k=8, d=4, candidates=3, refresh=2, iters=1))
+    q = qm.qlayers["0"]
+    qm.train()
+    seen = []
+    for _ in range(4):
+        with torch.no_grad():
+            q.latent.add_(0.3 * torch.randn_like(q.latent))
+        c_before = q.centroids.clone()
+        q.weight_q()
+        seen.append(q.cand.clone())
+        want = _candidates_np(q.vectors().detach().double().numpy(),
+                              c_before.double().numpy(), 3)
+        if len(seen) % 2 == 1:  # passes 0 and 2 refresh, from the centroids before the pass
+            assert (seen[-1].numpy() == want).all()
+        else:
+            assert torch.equal(seen[-1], seen[-2])
 
 
 def test_gradient_flows_through_the_iterations():
@@ -94,3 +170,7 @@ def test_spec_errors():
     assert DKM.from_dict(DKM(k=8).to_dict()) == DKM(k=8)
     with pytest.raises(ConfigError, match="temperature"):
         DKM(temperature=0)
+    with pytest.raises(ConfigError, match="candidates: expected >= 1, found 0"):
+        DKM(candidates=0)
+    with pytest.raises(ConfigError, match="refresh: expected >= 1, found 0"):
+        DKM(refresh=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.lr2vq import LR2VQ, low_rank_cluster, rank_errors
+from compress.lr2vq import LR2VQ, low_rank_cluster, rank_errors, rank_estimate
 from compress.quantize import dequantize
 from compress.train import QuantizedModel, fit
 from ssvq.errors import ConfigError
@@ -33,6 +33,17 @@ def test_error_splits_into_low_rank_and_clustering():
     rows = rank_errors(x.reshape(100, 32), 16, 8, [2, 4, 8])
     assert [r["low_rank"] > 0 for r in rows] == [True, True, False]
     assert rows[0]["low_rank"] > rows[1]["low_rank"]
+
+
+def test_rank_estimate_weights_layers_by_size():
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((8, 16)), rng.standard_normal((24, 16))
+    est = rank_estimate([a, b], 4, 4, [2, 4])
+    for r, e in zip([2, 4], est):
+        ea, eb = rank_errors(a, 4, 4, [r])[0], rank_errors(b, 4, 4, [r])[0]
+        assert e["rank"] == r
+        for f in ("low_rank", "clustering", "total"):
+            assert e[f] == pytest.approx((ea[f] * 128 + eb[f] * 384) / 512, rel=1e-12)
 
 
 def test_reconstruction_gradients_and_export():

@@ -2,6 +2,7 @@
 `ssvq quality` argument checks. The runs themselves are measured by
 `ssvq quality`, not here: they take minutes to an hour."""
 import random
+import re
 
 import pytest
 
@@ -125,6 +126,10 @@ def test_minilm_methods_are_choices_comma_separated(tmp_path, capsys):
     for name in ("cosvq-3b", "qsd-3b"):
         lc = minilm_methods()[name][1].layer_config
         assert lc.m * (lc.code_bits + lc.coef_bits) / lc.d == 3.0, name
+    # and the table's rows of these methods 2 bits per weight, as ssvq and vq
+    for name in ("cosvq", "dkm", "lr2vq", "qsd"):
+        lc = minilm_methods()[name][1].layer_config
+        assert lc.m * (lc.code_bits + lc.coef_bits) / lc.d == 2.0, name
     assert main(["quality", "--model", "minilm", "--methods", "cosvq,int5",
                  "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err
@@ -169,6 +174,16 @@ def test_minilm_methods_accept_the_issue_names(tmp_path):
         minilm.run_minilm(tmp_path, 1.0, ["cosvq,nas,ssvq,bogus"])
     assert "['bogus']" in str(e.value) and "'nas'" in str(e.value)
     assert not any(tmp_path.iterdir())
+    # `ssvq quality --help` names every MiniLM row --methods accepts
+    from ssvq.app import cli
+    from ssvq.app.quality import nas
+    names = (set(minilm.minilm_specs()) | set(minilm.minilm_methods())
+             | set(minilm.METHOD_ALIASES) | set(nas.MINILM_ROWS))
+    q = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items()
+             if a[0] == "quality")[1]
+    helptext = next(a.help for a in q._actions if "--methods" in a.option_strings)
+    missing = [n for n in sorted(names) if not re.search(rf"(?<![\w-]){n}(?![\w-])", helptext)]
+    assert not missing, missing
 
 
 def test_minilm_ssvq_plan_resolves_to_the_intended_configs():

@@ -109,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 25; without --methods, 65 gives 25/25/5/5/5 min as in the "
                    "measured run. digits: below 5, fewer steps")
     q.add_argument("--methods", nargs="*", metavar="METHOD",
-                   help="MiniLM: train only these (sharing --budget-minutes by their "
-                   "shares): ssvq-k256-d8, vq-k256-d4, ssvq-k256-d4, "
-                   "ssvq-k256-d8-reassign, int8, int4, int3, cosvq, dkm, diffq, lr2vq, qsd. "
-                   "digits: run only these "
+                   help="MiniLM: train only these, for equal shares of --budget-minutes: "
+                   "the method table's cosvq, dkm, nas, lr2vq, qsd, diffq, ssvq (the mixed "
+                   "per-layer SSVQ plan, ssvq-mixed-gptq), vq (vq-k256-d4), int4; ~3-bit "
+                   "rows cosvq-3b, qsd-3b, nas-3b, ssvq-k256-d4-gptq, int3; single "
+                   "configurations ssvq-k256-d8, ssvq-k256-d8-gptq, ssvq-k256-d4, "
+                   "ssvq-k256-d8-reassign, int8. digits: run only these "
                    "training methods (comma or space separated; ssvq.app.quality.methods: "
                    "cosvq, dkm, diffq, lr2vq, qsd, vq, ssvq, int4, nas), each configuration "
                    "trained for --row-seconds")

@@ -450,14 +450,9 @@ def run_digits_methods(out: Path, methods: list[str], row_seconds: float, seed: 
 
 def _rank_estimate(lm, spec) -> tuple[float, float]:
     """Weight-averaged relative error of the rank-r clustering over the layers."""
-    from compress.lr2vq import rank_errors
-    tot = low = n = 0.0
-    for _, w, _ in lm.layers:
-        e = rank_errors(w, spec.k, spec.d, [spec.rank], spec.seed)[0]
-        tot += e["total"] * w.size
-        low += e["low_rank"] * w.size
-        n += w.size
-    return tot / n, low / n
+    from compress.lr2vq import rank_estimate
+    e = rank_estimate([w for _, w, _ in lm.layers], spec.k, spec.d, [spec.rank], spec.seed)[0]
+    return e["total"], e["low_rank"]
 
 
 def _say_row(row):
