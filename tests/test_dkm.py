@@ -174,3 +174,23 @@ def test_spec_errors():
         DKM(candidates=0)
     with pytest.raises(ConfigError, match="refresh: expected >= 1, found 0"):
         DKM(refresh=0)
+
+
+def test_hard_codes_follow_every_change_of_latents_and_centroids():
+    """The eval-mode codes are kept between forwards, never past a change."""
+    torch.manual_seed(4)
+    qm = QuantizedModel(nn.Sequential(nn.Linear(16, 8)), DKM(k=8, d=4, iters=1))
+    q = qm.qlayers["0"]
+    qm.eval()
+
+    def brute():
+        c = dkm.grid(q.centroids).double().numpy()
+        v = q.vectors().detach().double().numpy()
+        return ((v[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+    assert (q.hard_codes().numpy() == brute()).all()
+    with torch.no_grad():
+        q.latent.mul_(-1.0)          # an optimizer step is in place like this
+    assert (q.hard_codes().numpy() == brute()).all()
+    with torch.no_grad():
+        q.centroids.add_(0.5 * torch.randn_like(q.centroids))
+    assert (q.hard_codes().numpy() == brute()).all()
