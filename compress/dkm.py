@@ -25,8 +25,10 @@ falls as exp(-(distance excess)/tau), so nearly all of it sits on its few
 nearest codewords. Each vector therefore attends to its `candidates` nearest
 centroids only (softmax over those), found without gradient every
 `refresh` training steps and kept in between; `candidates >= k` is the exact
-dense DKM. The mass the truncation drops is reported by `omitted_mass` and
-measured in compress/dkm.py's test on a real layer.
+dense DKM. `omitted_mass` is the largest dense weight any vector puts outside
+its candidates: on MiniLM's K=256 D=4 start (block 0's query, block 5's FFN
+output) 2.5e-8 at 16 candidates, 6e-3 at 8, 0.25 at 4; 16 candidates take 9 s a
+step and 6 GB (8: 6 s).
 
 Outside training (eval mode, to_float, export) the assignment is hard: every
 vector takes its nearest 8-bit centroid, the image a vq-k<K>-d<D> layer, so

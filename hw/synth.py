@@ -281,7 +281,7 @@ def _fits(dev: str, package: str, res: dict, pins: int) -> list[str]:
 
 def synthesize(cfg: AccelConfig, out_dir, device: str = "auto", package: str = "CABGA381",
                progress=print, pnr: bool = True, freq_mhz: float = 150.0, seed: int = 1,
-               threads: int = 1, speeds: tuple = (6, 8)) -> dict:
+               threads: int = 1, speeds: tuple = (6, 8), router: str = "router1") -> dict:
     """Generates the Verilog, synthesises it with Yosys and (pnr=True) places and
     routes it with nextpnr-ecp5. Returns the summary also written to
     out_dir/synth.json. See the module docstring for what each figure means."""
@@ -372,7 +372,7 @@ def synthesize(cfg: AccelConfig, out_dir, device: str = "auto", package: str = "
             cmd = [nextpnr, f"--{device}", "--package", package, "--speed", str(speed),
                    "--json", "netlist.json", "--report", f"report{tag}.json",
                    "--freq", str(freq_mhz), "--lpf-allow-unconstrained", "--timing-allow-fail",
-                   "--seed", str(seed), "--threads", str(threads)]
+                   "--seed", str(seed), "--threads", str(threads), "--router", router]
             if not tag:
                 cmd[cmd.index("--json"):cmd.index("--json")] = ["--textcfg", f"{TOP}.config"]
             try:
